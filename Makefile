@@ -1,0 +1,35 @@
+# Every target works on a fresh machine with Python 3.11+: the venv is made on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint install clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the mock LLM on :8000 and the gateway on :8001 in the foreground; Ctrl-C stops both.
+run: $(STAMP)
+	@trap 'kill 0' INT TERM; \
+	$(BIN)/llm-mock & \
+	APIM_UPSTREAM_URL=$${APIM_UPSTREAM_URL:-http://127.0.0.1:8000/v1} $(BIN)/apim & \
+	wait
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,176 @@
+"""The in-process store: the algorithm of lua/limiter.lua, step for step, in Python.
+
+It takes the same argument vector and returns the same flat list as the Lua script, so the
+conformance suite can hold the two to identical decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+
+from ratelimit.limits import Cost, Decision, Policy
+from ratelimit.store import Clock, Store, args, decode
+
+
+def _wall_clock() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class _Budget:
+    """One key's log and totals (the Redis store's three keys in one object)."""
+
+    times: list[int] = field(default_factory=list)
+    reqs: list[int] = field(default_factory=list)  # running request total after each entry
+    toks: list[int] = field(default_factory=list)  # running token total after each entry
+    head: int = 0  # entries before head have been trimmed
+    n: int = 0
+    c: int = 0
+    bn: int = 0
+    bc: int = 0
+    last_t: int = 0
+    expires_at: int = 0
+    day: int = -1
+    dr: int = 0
+    dt: int = 0
+    refunds: list[tuple[int, int]] = field(default_factory=list)  # (admitted_at, tokens)
+    rf: int = 0
+
+    def compact(self) -> None:
+        if self.head > 1024 and self.head * 2 > len(self.times):
+            del self.times[: self.head], self.reqs[: self.head], self.toks[: self.head]
+            self.head = 0
+
+
+class EmbeddedStore(Store):
+    """A store for a single process: exact, O(log n) per call, no I/O."""
+
+    kind = "embedded"
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock
+        self._budgets: dict[str, _Budget] = {}
+
+    async def acquire(self, key: str, policy: Policy, cost: Cost) -> Decision:
+        return self._run(key, policy, "acquire", cost)
+
+    async def peek(self, key: str, policy: Policy, cost: Cost = Cost(0, 0)) -> Decision:
+        return self._run(key, policy, "peek", cost)
+
+    async def charge(self, key: str, policy: Policy, cost: Cost) -> Decision:
+        return self._run(key, policy, "charge", cost)
+
+    async def refund(self, key: str, policy: Policy, tokens: int, admitted_at_ms: int) -> Decision:
+        return self._run(key, policy, "refund", Cost(0, tokens), admitted_at_ms)
+
+    async def reset(self, key: str) -> None:
+        self._budgets.pop(key, None)
+
+    async def ping(self) -> bool:
+        return True
+
+    def _run(self, key: str, policy: Policy, op: str, cost: Cost, admitted_at_ms: int = 0) -> Decision:
+        now = (self._clock or _wall_clock)()
+        argv = args(policy, op, cost, now, now, admitted_at_ms)
+        return decode(policy, self._step(key, argv))
+
+    def _step(self, key: str, argv: list[int | str]) -> list[int]:  # noqa: C901, PLR0912, PLR0915
+        op = argv[0]
+        now, req, tok, admitted_at, trim_max = (int(v) for v in argv[1:6])
+        b0, b1, b2, b3, day_req_limit, day_tok_limit, windows = (int(v) for v in argv[6:13])
+        specs = [(int(argv[13 + i * 3]), int(argv[14 + i * 3]), int(argv[15 + i * 3]))
+                 for i in range(windows)]
+
+        b = self._budgets.get(key)
+        if b is None or b.expires_at <= now:
+            b = _Budget()
+        now = max(now, b.last_t)
+
+        if now < b1:
+            day_start, day_end = b0, b1
+        elif now < b2:
+            day_start, day_end = b1, b2
+        else:
+            day_start, day_end = b2, b3
+        dr, dt = (b.dr, b.dt) if b.day == day_start else (0, 0)
+
+        longest = max(length for length, _, _ in specs)
+        refund_cutoff = now - longest
+        rf = b.rf - sum(t for at, t in b.refunds if at <= refund_cutoff)
+        changed = False
+        if op == "refund" and tok > 0:
+            if admitted_at > refund_cutoff:
+                b.refunds.append((admitted_at, tok))
+                b.refunds.sort()
+                rf += tok
+            if admitted_at >= day_start:
+                dt = max(0, dt - tok)
+            changed = True
+
+        total = len(b.times)
+        newest_t = b.times[-1] if total > b.head else None
+        out: list[int] = []
+        wait = 0
+        check = op in ("acquire", "peek")
+        longest_expired = 0
+
+        for length, req_limit, tok_limit in specs:
+            cutoff = now - length
+            first_live = bisect_right(b.times, cutoff, b.head, total)
+            expired = first_live - b.head
+            if length == longest:
+                longest_expired = expired
+            en, ec = (b.reqs[first_live - 1], b.toks[first_live - 1]) if expired else (b.bn, b.bc)
+            used_r, used_t = b.n - en, b.c - ec
+            if length == longest:
+                used_t = max(0, used_t - rf)
+            reset = newest_t + length - now if newest_t is not None and newest_t > cutoff else 0
+
+            wait_r = wait_t = 0
+            if check and req_limit > 0 and used_r + req > req_limit:
+                j = bisect_left(b.reqs, b.n + req - req_limit, first_live, total)
+                wait_r = length if j == total else b.times[j] + length - now
+            if check and tok_limit > 0 and used_t + tok > tok_limit:
+                target = b.c + tok - tok_limit - (rf if length == longest else 0)
+                j = bisect_left(b.toks, target, first_live, total)
+                wait_t = length if j == total else b.times[j] + length - now
+            out += [used_r, wait_r, reset, used_t, wait_t, reset]
+            wait = max(wait, wait_r, wait_t)
+
+        day_reset = day_end - now
+        wait_dr = day_reset if check and day_req_limit > 0 and dr + req > day_req_limit else 0
+        wait_dt = day_reset if check and day_tok_limit > 0 and dt + tok > day_tok_limit else 0
+        out += [dr, wait_dr, day_reset, dt, wait_dt, day_reset]
+        wait = max(wait, wait_dr, wait_dt)
+
+        write = op == "charge" or (op == "acquire" and wait == 0)
+        allowed = 1 if write else 0
+        if write and (req > 0 or tok > 0):
+            changed = True
+            b.n, b.c = b.n + req, b.c + tok
+            dr, dt = dr + req, dt + tok
+            b.times.append(now)
+            b.reqs.append(b.n)
+            b.toks.append(b.c)
+            trim = min(longest_expired, trim_max)
+            if trim:
+                b.bn, b.bc = b.reqs[b.head + trim - 1], b.toks[b.head + trim - 1]
+                b.head += trim
+                b.compact()
+            for i, (length, _, _) in enumerate(specs):
+                out[i * 6] += req
+                out[i * 6 + 3] += tok
+                out[i * 6 + 2] = out[i * 6 + 5] = length
+            out[windows * 6] = dr
+            out[windows * 6 + 3] = dt
+
+        if changed:
+            b.refunds = [(at, t) for at, t in b.refunds if at > refund_cutoff]
+            b.rf = rf
+            b.last_t = now
+            b.day, b.dr, b.dt = day_start, dr, dt
+            b.expires_at = now + max(longest, day_end - now) + 60_000
+            self._budgets[key] = b
+        return [allowed, wait, now, *out]

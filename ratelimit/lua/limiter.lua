@@ -1,0 +1,186 @@
+-- One atomic step of the weighted sliding-log limiter (see ratelimit/embedded.py for the
+-- same algorithm in Python; the two must decide identically).
+--
+-- The log is a sorted set: one member per admitted cost, scored by admission time (ms),
+-- named by the running totals after it ("%015d:%015d" of requests, tokens). Costs inside a
+-- window are the current totals minus the totals of the last entry that left it, so an
+-- admission costs O(log n) whatever the window holds.
+--
+-- KEYS: 1 log (zset), 2 meta (hash), 3 refunds (zset)
+-- ARGV: 1 op (acquire | peek | charge | refund), 2 now_ms ("" = Redis TIME),
+--       3 requests, 4 tokens, 5 admitted_at_ms (refund), 6 trim_max,
+--       7-10 day bounds (previous start, start, end, next end),
+--       11 daily request limit, 12 daily token limit,
+--       13 window count, then per window: length_ms, request limit, token limit
+-- Returns: {allowed, wait_ms, now_ms, then per limit: used, wait_ms, reset_ms}
+-- in the order (window requests, window tokens)..., day requests, day tokens.
+
+local log, meta, refunds = KEYS[1], KEYS[2], KEYS[3]
+local op = ARGV[1]
+local req, tok = tonumber(ARGV[3]), tonumber(ARGV[4])
+local admitted_at, trim_max = tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[2])
+end
+
+local m = redis.call('HMGET', meta, 'n', 'c', 'bn', 'bc', 't', 'day', 'dr', 'dt', 'rf', 'rs')
+local n, c = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+local bn, bc = tonumber(m[3]) or 0, tonumber(m[4]) or 0
+local last_t = tonumber(m[5]) or 0
+local day, dr, dt = tonumber(m[6]) or -1, tonumber(m[7]) or 0, tonumber(m[8]) or 0
+local rf, rs = tonumber(m[9]) or 0, tonumber(m[10]) or 0
+-- The clock never runs backwards for a key, even if Redis fails over to a slower host.
+if now < last_t then now = last_t end
+
+local b0, b1, b2, b3 = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local day_start, day_end
+if now < b1 then day_start, day_end = b0, b1
+elseif now < b2 then day_start, day_end = b1, b2
+else day_start, day_end = b2, b3 end
+if day ~= day_start then dr, dt = 0, 0 end
+local day_req_limit, day_tok_limit = tonumber(ARGV[11]), tonumber(ARGV[12])
+
+local function parse(member)
+  return tonumber(string.sub(member, 1, 15)), tonumber(string.sub(member, 17, 31))
+end
+
+-- First live rank whose running total (field 1 requests, 2 tokens) reaches target.
+local function first_reaching(lo, hi, field, target)
+  local found = nil
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    local rn, rc = parse(redis.call('ZRANGE', log, mid, mid)[1])
+    local v = rn
+    if field == 2 then v = rc end
+    if v >= target then found = mid; hi = mid - 1 else lo = mid + 1 end
+  end
+  return found
+end
+
+local function score_at(rank)
+  return tonumber(redis.call('ZRANGE', log, rank, rank, 'WITHSCORES')[2])
+end
+
+local total = redis.call('ZCARD', log)
+local newest_t = nil
+if total > 0 then newest_t = score_at(total - 1) end
+
+local windows = tonumber(ARGV[13])
+local longest, longest_expired = 0, 0
+for i = 0, windows - 1 do
+  local len = tonumber(ARGV[14 + i * 3])
+  if len > longest then longest = len end
+end
+
+-- Refunds leave the window together with the admissions they belong to.
+local refund_cutoff = now - longest
+if rf > 0 then
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', refunds, '-inf', refund_cutoff)) do
+    rf = rf - tonumber(string.match(member, ':(%d+)$'))
+  end
+end
+local changed = false
+if op == 'refund' and tok > 0 then
+  if admitted_at > refund_cutoff then
+    rs = rs + 1
+    redis.call('ZADD', refunds, admitted_at, rs .. ':' .. tok)
+    rf = rf + tok
+  end
+  if admitted_at >= day_start then dt = math.max(0, dt - tok) end
+  changed = true
+end
+
+local out = {}
+local wait = 0
+local check = (op == 'acquire' or op == 'peek')
+
+local function push(used, w, reset)
+  out[#out + 1] = used
+  out[#out + 1] = w
+  out[#out + 1] = reset
+  if w > wait then wait = w end
+end
+
+for i = 0, windows - 1 do
+  local len = tonumber(ARGV[14 + i * 3])
+  local req_limit, tok_limit = tonumber(ARGV[15 + i * 3]), tonumber(ARGV[16 + i * 3])
+  local cutoff = now - len
+  local expired = redis.call('ZCOUNT', log, '-inf', cutoff)
+  if len == longest then longest_expired = expired end
+  local en, ec = bn, bc
+  if expired > 0 then en, ec = parse(redis.call('ZRANGE', log, expired - 1, expired - 1)[1]) end
+  local used_r, used_t = n - en, c - ec
+  -- Refunds only ever apply to the longest window (the only one that limits tokens).
+  if len == longest then used_t = math.max(0, used_t - rf) end
+  local reset = 0
+  if newest_t ~= nil and newest_t > cutoff then reset = newest_t + len - now end
+
+  local wait_r, wait_t = 0, 0
+  if check and req_limit > 0 and used_r + req > req_limit then
+    local j = first_reaching(expired, total - 1, 1, n + req - req_limit)
+    if j == nil then wait_r = len else wait_r = score_at(j) + len - now end
+  end
+  if check and tok_limit > 0 and used_t + tok > tok_limit then
+    local target = c + tok - tok_limit
+    if len == longest then target = target - rf end
+    local j = first_reaching(expired, total - 1, 2, target)
+    if j == nil then wait_t = len else wait_t = score_at(j) + len - now end
+  end
+  push(used_r, wait_r, reset)
+  push(used_t, wait_t, reset)
+end
+
+local day_reset = day_end - now
+local wait_dr, wait_dt = 0, 0
+if check and day_req_limit > 0 and dr + req > day_req_limit then wait_dr = day_reset end
+if check and day_tok_limit > 0 and dt + tok > day_tok_limit then wait_dt = day_reset end
+push(dr, wait_dr, day_reset)
+push(dt, wait_dt, day_reset)
+
+local allowed = 0
+local write = false
+if op == 'acquire' and wait == 0 then allowed = 1; write = true end
+if op == 'charge' then allowed = 1; write = true end
+
+local ttl = math.max(longest, day_end - now) + 60000
+
+if write and (req > 0 or tok > 0) then
+  changed = true
+  n, c = n + req, c + tok
+  dr, dt = dr + req, dt + tok
+  redis.call('ZADD', log, now, string.format('%015d:%015d', n, c))
+  -- Trim a bounded number of expired entries, remembering the totals of the last one.
+  local trim = math.min(longest_expired, trim_max)
+  if trim > 0 then
+    bn, bc = parse(redis.call('ZRANGE', log, trim - 1, trim - 1)[1])
+    redis.call('ZREMRANGEBYRANK', log, 0, trim - 1)
+  end
+  -- The caller sees the state after its own admission.
+  for i = 0, windows - 1 do
+    out[i * 6 + 1] = out[i * 6 + 1] + req
+    out[i * 6 + 4] = out[i * 6 + 4] + tok
+    local len = tonumber(ARGV[14 + i * 3])
+    out[i * 6 + 3] = len
+    out[i * 6 + 6] = len
+  end
+  out[windows * 6 + 1] = dr
+  out[windows * 6 + 4] = dt
+end
+
+if changed then
+  redis.call('ZREMRANGEBYSCORE', refunds, '-inf', refund_cutoff)
+  redis.call('HSET', meta, 'n', n, 'c', c, 'bn', bn, 'bc', bc, 't', now,
+    'day', day_start, 'dr', dr, 'dt', dt, 'rf', rf, 'rs', rs)
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', refunds, ttl)
+end
+
+local result = {allowed, wait, now}
+for _, v in ipairs(out) do result[#result + 1] = v end
+return result
