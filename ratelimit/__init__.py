@@ -6,6 +6,13 @@ from ratelimit.redis_store import RedisStore
 from ratelimit.store import Store
 
 __all__ = [
-    "Cost", "Decision", "EmbeddedStore", "LimitState", "Limits", "Policy", "RedisStore",
-    "Store", "Window",
+    "Cost",
+    "Decision",
+    "EmbeddedStore",
+    "LimitState",
+    "Limits",
+    "Policy",
+    "RedisStore",
+    "Store",
+    "Window",
 ]

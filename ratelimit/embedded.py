@@ -10,7 +10,7 @@ import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-from ratelimit.limits import Cost, Decision, Policy
+from ratelimit.limits import NOTHING, Cost, Decision, Policy
 from ratelimit.store import Clock, Store, args, decode
 
 
@@ -56,7 +56,7 @@ class EmbeddedStore(Store):
     async def acquire(self, key: str, policy: Policy, cost: Cost) -> Decision:
         return self._run(key, policy, "acquire", cost)
 
-    async def peek(self, key: str, policy: Policy, cost: Cost = Cost(0, 0)) -> Decision:
+    async def peek(self, key: str, policy: Policy, cost: Cost = NOTHING) -> Decision:
         return self._run(key, policy, "peek", cost)
 
     async def charge(self, key: str, policy: Policy, cost: Cost) -> Decision:
@@ -76,12 +76,13 @@ class EmbeddedStore(Store):
         argv = args(policy, op, cost, now, now, admitted_at_ms)
         return decode(policy, self._step(key, argv))
 
-    def _step(self, key: str, argv: list[int | str]) -> list[int]:  # noqa: C901, PLR0912, PLR0915
+    def _step(self, key: str, argv: list[int | str]) -> list[int]:  # noqa: PLR0912, PLR0915
         op = argv[0]
         now, req, tok, admitted_at, trim_max = (int(v) for v in argv[1:6])
         b0, b1, b2, b3, day_req_limit, day_tok_limit, windows = (int(v) for v in argv[6:13])
-        specs = [(int(argv[13 + i * 3]), int(argv[14 + i * 3]), int(argv[15 + i * 3]))
-                 for i in range(windows)]
+        specs = [
+            (int(argv[13 + i * 3]), int(argv[14 + i * 3]), int(argv[15 + i * 3])) for i in range(windows)
+        ]
 
         b = self._budgets.get(key)
         if b is None or b.expires_at <= now:

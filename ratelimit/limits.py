@@ -18,6 +18,10 @@ class Cost:
     tokens: int = 0
 
 
+NOTHING = Cost(0, 0)
+"""The cost of a look that consumes nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """A sliding window: the costs admitted in (now - length, now] never exceed the limits.

@@ -8,7 +8,7 @@ from importlib.resources import files
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from ratelimit.limits import Cost, Decision, Policy
+from ratelimit.limits import NOTHING, Cost, Decision, Policy
 from ratelimit.store import Clock, Store, args, decode
 
 SCRIPT = (files("ratelimit") / "lua" / "limiter.lua").read_text()
@@ -40,7 +40,7 @@ class RedisStore(Store):
     async def acquire(self, key: str, policy: Policy, cost: Cost) -> Decision:
         return await self._run(key, policy, "acquire", cost)
 
-    async def peek(self, key: str, policy: Policy, cost: Cost = Cost(0, 0)) -> Decision:
+    async def peek(self, key: str, policy: Policy, cost: Cost = NOTHING) -> Decision:
         return await self._run(key, policy, "peek", cost)
 
     async def charge(self, key: str, policy: Policy, cost: Cost) -> Decision:
@@ -64,8 +64,9 @@ class RedisStore(Store):
     async def _run(self, key: str, policy: Policy, op: str, cost: Cost, admitted_at_ms: int = 0) -> Decision:
         now = self._clock() if self._clock else None
         # Day bounds come from our clock; the script picks the day that holds server time.
-        argv = args(policy, op, cost, now, now if now is not None else time.time_ns() // 1_000_000,
-                    admitted_at_ms)
+        argv = args(
+            policy, op, cost, now, now if now is not None else time.time_ns() // 1_000_000, admitted_at_ms
+        )
         keys = self.keys(key)
         if self._sha is None:
             self._sha = await self.redis.script_load(SCRIPT)

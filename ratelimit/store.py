@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from ratelimit.limits import Cost, Decision, LimitState, Policy
+from ratelimit.limits import NOTHING, Cost, Decision, LimitState, Policy
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch; injected by tests, otherwise the store's own time."""
@@ -29,7 +29,7 @@ class Store(ABC):
         say how long until it would fit."""
 
     @abstractmethod
-    async def peek(self, key: str, policy: Policy, cost: Cost = Cost(0, 0)) -> Decision:
+    async def peek(self, key: str, policy: Policy, cost: Cost = NOTHING) -> Decision:
         """Evaluate ``cost`` without consuming it: the usage snapshot."""
 
     @abstractmethod
@@ -63,12 +63,22 @@ def decode(policy: Policy, raw: list[int]) -> Decision:
     return Decision(bool(raw[0]), int(raw[1]), int(raw[2]), states)
 
 
-def args(policy: Policy, op: str, cost: Cost, now_ms: int | None, day_ref_ms: int,
-         admitted_at_ms: int = 0) -> list[int | str]:
+def args(
+    policy: Policy, op: str, cost: Cost, now_ms: int | None, day_ref_ms: int, admitted_at_ms: int = 0
+) -> list[int | str]:
     """The argument vector of one operation (ARGV of lua/limiter.lua)."""
-    out: list[int | str] = [op, "" if now_ms is None else now_ms, cost.requests, cost.tokens,
-                            admitted_at_ms, TRIM_MAX, *policy.day_bounds(day_ref_ms),
-                            policy.daily_requests, policy.daily_tokens, len(policy.windows)]
+    out: list[int | str] = [
+        op,
+        "" if now_ms is None else now_ms,
+        cost.requests,
+        cost.tokens,
+        admitted_at_ms,
+        TRIM_MAX,
+        *policy.day_bounds(day_ref_ms),
+        policy.daily_requests,
+        policy.daily_tokens,
+        len(policy.windows),
+    ]
     for w in policy.windows:
         out += [w.length_ms, w.requests, w.tokens]
     return out

@@ -1,0 +1,1 @@
+"""The OpenAI wire format both services speak: schemas, error bodies, headers, SSE."""

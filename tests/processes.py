@@ -1,0 +1,81 @@
+"""Real service processes on free loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A running service: its base URL and process."""
+
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.url}/status", timeout=5).json()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+@contextmanager
+def running(
+    module: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    ready_path: str = "/healthz",
+    timeout: float = 30,
+) -> Iterator[Service]:
+    """Start ``python -m module --host 127.0.0.1 --port P`` and wait until it answers."""
+    port = port or free_port()
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
+        env=full_env,
+    )
+    service = Service(f"http://127.0.0.1:{port}", port, proc)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{module} exited with {proc.returncode} before it was ready")
+            try:
+                if httpx.get(f"{service.url}{ready_path}", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{module} not ready after {timeout}s")
+            time.sleep(0.05)
+        yield service
+    finally:
+        service.stop()
