@@ -1,6 +1,7 @@
 """The shared rate-limit core: limits, costs, stores and token counting."""
 
 from ratelimit.embedded import EmbeddedStore
+from ratelimit.limiter import Limiter, open_store, status_limits
 from ratelimit.limits import Cost, Decision, Limits, LimitState, Policy, Window
 from ratelimit.redis_store import RedisStore
 from ratelimit.store import Store
