@@ -11,9 +11,12 @@ __all__ = [
     "Decision",
     "EmbeddedStore",
     "LimitState",
+    "Limiter",
     "Limits",
     "Policy",
     "RedisStore",
     "Store",
     "Window",
+    "open_store",
+    "status_limits",
 ]
