@@ -41,6 +41,8 @@ class Limits:
 
     ``short_window_s`` > 0 also enforces RPM over sub-windows of that many seconds at the
     pro-rated rate, as Azure OpenAI does (RPM 600 with 1 s sub-windows: 10 per second).
+    ``margin_ms`` lengthens every sliding window: a gateway uses it so that the jitter between
+    its admission and the upstream's own clock never makes the upstream see more than a limit.
     """
 
     rpm: int = 0
@@ -49,9 +51,10 @@ class Limits:
     tpd: int = 0
     daily_reset_tz: str = "UTC"
     short_window_s: int = 0
+    margin_ms: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm", "rpd", "tpd", "short_window_s"):
+        for name in ("rpm", "tpm", "rpd", "tpd", "short_window_s", "margin_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.short_window_s and 60 % self.short_window_s:
@@ -59,10 +62,11 @@ class Limits:
         ZoneInfo(self.daily_reset_tz)  # fail early on an unknown zone
 
     def policy(self) -> Policy:
-        windows = [Window("minute", MINUTE_MS, self.rpm, self.tpm)]
+        windows = [Window("minute", MINUTE_MS + self.margin_ms, self.rpm, self.tpm)]
         if self.short_window_s and self.rpm:
             per = max(1, math.floor(self.rpm * self.short_window_s / 60))
-            windows.append(Window(f"{self.short_window_s}s", self.short_window_s * 1000, per, 0))
+            length = self.short_window_s * 1000 + self.margin_ms
+            windows.append(Window(f"{self.short_window_s}s", length, per, 0))
         return Policy(tuple(windows), self.rpd, self.tpd, ZoneInfo(self.daily_reset_tz))
 
 
