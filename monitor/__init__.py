@@ -1,0 +1,1 @@
+"""Live terminal dashboard of the mock LLM and the gateway (``apim-monitor``)."""

@@ -1,0 +1,68 @@
+"""``apim-monitor``: a live terminal dashboard of the mock LLM and the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+
+from rich.console import Console
+
+from monitor.client import StatusClient
+from monitor.dashboard import render
+from monitor.live import Monitor, run_live
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="apim-monitor", description="Live dashboard of the mock LLM's and the gateway's /status."
+    )
+    parser.add_argument("--mock-url", default="http://127.0.0.1:8000", help="mock LLM base URL")
+    parser.add_argument("--apim-url", default="http://127.0.0.1:8001", help="gateway base URL")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each /status")
+    parser.add_argument("--once", action="store_true", help="print one frame and exit")
+    parser.add_argument("--json", action="store_true", help="print both /status bodies as one JSON and exit")
+    parser.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
+    args = parser.parse_args(argv)
+    if args.interval <= 0:
+        parser.error("--interval must be > 0")
+    if args.timeout <= 0:
+        parser.error("--timeout must be > 0")
+    return args
+
+
+def stop_on_sigterm() -> None:
+    """Let SIGTERM (``docker stop``) unwind like Ctrl-C, so the terminal is restored either way."""
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
+async def run(args: argparse.Namespace) -> None:
+    stop_on_sigterm()
+    console = Console(width=args.width)
+    async with StatusClient(args.mock_url, args.apim_url, timeout=args.timeout) as client:
+        if args.json:
+            snapshot = await client.snapshot()
+            sys.stdout.write(json.dumps(snapshot.as_json(), indent=2) + "\n")
+        elif args.once:
+            console.print(render(await client.snapshot()))
+        else:
+            await run_live(Monitor(client, args.interval), console, args.interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Live has already restored the cursor on its way out; Ctrl-C is the normal way to quit.
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
