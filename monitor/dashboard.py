@@ -62,7 +62,8 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> Text:
     filled = round(min(max(fraction, 0.0), 1.0) * width)
     if fraction > 0 and filled == 0:
         filled = 1  # any use at all shows
-    text = Text("█" * filled, style=level_style(fraction))
+    text = Text()
+    text.append("█" * filled, style=level_style(fraction))
     text.append("░" * (width - filled), style="bright_black")
     return text
 

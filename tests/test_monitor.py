@@ -1,0 +1,243 @@
+"""apim-monitor: rendering, history, and the CLI against real services."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+from rich.console import Console, RenderableType
+
+from monitor.client import ServiceStatus, Snapshot, describe_error
+from monitor.dashboard import bar, format_duration, render
+from monitor.history import BLOCKS, RateHistory, sparkline
+from tests.processes import free_port
+
+WIDTH = 160
+
+
+def text_of(renderable: RenderableType, width: int = WIDTH) -> str:
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def monitor_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python -m monitor`` as a user runs it, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "--width", str(WIDTH), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def gateway_status(**extra: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "service": "apim",
+        "store": "redis",
+        "limits": {
+            "rpm": {"limit": 60, "used": 45, "remaining": 15, "reset_s": 41.2},
+            "tpm": {"limit": 100_000, "used": 12_345, "remaining": 87_655, "reset_s": 59.8},
+            "rpd": {"limit": 0, "used": 120, "remaining": 0, "reset_s": 0},
+            "tpd": {"limit": 1_000_000, "used": 950_000, "remaining": 50_000, "reset_s": 7_380},
+        },
+        "totals": {"requests": 120, "rate_limited": 2, "errors": 1},
+        "queue": {"depth": 4, "in_flight": 2, "oldest_wait_s": 1.3},
+    }
+    status.update(extra)
+    return status
+
+
+def with_gateway(status: dict[str, Any], mock: ServiceStatus | None = None) -> Snapshot:
+    """A snapshot of a gateway answering ``status`` (and a mock that is down unless given)."""
+    return Snapshot(
+        mock or ServiceStatus("mock", "http://m", error="connection refused"),
+        ServiceStatus("apim", "http://a", status=status),
+    )
+
+
+def row(text: str, name: str) -> str:
+    """The dashboard line of one limit."""
+    return next(line for line in text.splitlines() if f" {name} " in line)
+
+
+# --- rendering (pure) -------------------------------------------------------------------------------------
+
+
+def test_render_shows_each_limit_with_bar_used_limit_percent_and_reset() -> None:
+    text = text_of(render(with_gateway(gateway_status())))
+    rpm = row(text, "RPM")
+    assert "45 / 60" in rpm
+    assert "75.0%" in rpm
+    assert "41.2s" in rpm
+    assert "█" * 24 + "░" * 8 in rpm  # 45/60 of a 32-cell bar
+    tpm = row(text, "TPM")
+    assert "12,345 / 100,000" in tpm
+    assert "12.3%" in tpm
+    assert "59.8s" in tpm
+    tpd = row(text, "TPD")
+    assert "950,000 / 1,000,000" in tpd
+    assert "95.0%" in tpd
+    assert "2h03m" in tpd
+
+
+def test_a_limit_of_zero_shows_no_limit_and_no_bar() -> None:
+    rpd = row(text_of(render(with_gateway(gateway_status()))), "RPD")
+    assert "no limit" in rpd
+    assert "█" not in rpd
+    assert "░" not in rpd
+    assert "%" not in rpd
+
+
+def test_gateway_queue_figures_are_shown() -> None:
+    status = gateway_status()
+    status["queue"].update({"wait_p50_ms": 120, "wait_p99_ms": 1830, "admitted_per_min": 58})
+    status["totals"]["upstream_429"] = 3
+    text = text_of(render(with_gateway(status)))
+    assert "queue depth 4" in text
+    assert "in flight 2" in text
+    assert "oldest wait 1.3s" in text
+    assert "queue wait p50 120ms" in text
+    assert "p99 1.8s" in text
+    assert "admitted/min 58" in text
+    assert "upstream 429s 3" in text
+    assert "errors 1" in text
+
+
+def test_cluster_shows_the_sum_of_the_instances_queues() -> None:
+    status = gateway_status(cluster={"instances": 3, "depth": 11, "in_flight": 6})
+    text = text_of(render(with_gateway(status)))
+    assert "3 instances" in text
+    assert "queue depth 11" in text
+    assert "in flight 6" in text
+    assert "this instance: queue depth 4" in text
+
+
+def test_missing_fields_show_dashes_instead_of_failing() -> None:
+    status = {"service": "apim", "limits": {"rpm": {"limit": 10}}, "queue": {}}
+    text = text_of(render(with_gateway(status, mock=ServiceStatus("mock", "http://m", status={}))))
+    assert "0 / 10" in row(text, "RPM")
+    assert "queue depth -" in text
+    assert "no limits reported" in text  # the mock answered an empty object
+
+
+def test_a_down_service_shows_down_with_its_error() -> None:
+    snap = Snapshot(
+        ServiceStatus("mock", "http://127.0.0.1:9", error="connection refused"),
+        ServiceStatus("apim", "http://a", status=gateway_status()),
+    )
+    text = text_of(render(snap, interval=1.0))
+    mock_part = text.split("Gateway")[0]
+    assert "DOWN" in mock_part
+    assert "connection refused" in mock_part
+    assert "retrying every 1.0s" in mock_part
+    assert "DOWN" not in text.split("Gateway")[1]
+
+
+def test_swapped_urls_are_pointed_out() -> None:
+    snap = Snapshot(
+        ServiceStatus("mock", "http://a", status=gateway_status()),
+        ServiceStatus("apim", "http://a", status=gateway_status()),
+    )
+    assert text_of(render(snap)).count("answers as 'apim'") == 1
+
+
+def test_bar_scales_and_colours_by_fill() -> None:
+    assert bar(0.0, 10).plain == "░" * 10
+    assert bar(0.001, 10).plain == "█" + "░" * 9  # any use shows
+    assert bar(0.5, 10).plain == "█" * 5 + "░" * 5
+    assert bar(1.4, 10).plain == "█" * 10  # an excess charged after the answer
+    assert "red" in str(bar(0.95, 10).spans[0].style)
+    assert "green" in str(bar(0.5, 10).spans[0].style)
+
+
+def test_format_duration() -> None:
+    assert format_duration(None) == "-"
+    assert format_duration(0.25) == "0.2s"
+    assert format_duration(41.24) == "41.2s"
+    assert format_duration(365) == "6m05s"
+    assert format_duration(3600 * 5 + 12 * 60 + 9) == "5h12m"
+
+
+# --- history and sparkline ----------------------------------------------------------------------------------
+
+
+def test_history_turns_counter_samples_into_rates_per_minute() -> None:
+    history = RateHistory()
+    history.sample(100.0, 10)
+    history.sample(101.0, 12)  # 2 in 1 s
+    history.sample(103.0, 13)  # 1 in 2 s
+    assert history.rates() == [120.0, 30.0]
+
+
+def test_history_leaves_a_gap_when_down_and_survives_a_restart() -> None:
+    history = RateHistory()
+    history.sample(0.0, 50)
+    history.sample(1.0, 51)
+    history.sample(2.0, None)  # down
+    history.sample(3.0, 0)  # back, counter restarted
+    history.sample(4.0, 2)
+    history.sample(5.0, 1)  # restarted again between samples
+    assert history.rates() == [60.0, None, 120.0, None]
+
+
+def test_history_forgets_what_is_older_than_its_span() -> None:
+    history = RateHistory(span_s=10)
+    for t in range(30):
+        history.sample(float(t), t)
+    assert len(history.rates()) == 11
+
+
+def test_buckets_average_rates_and_start_at_the_first_data() -> None:
+    history = RateHistory()
+    for t, counter in [(0, 0), (1, 1), (2, 2), (3, 5), (4, 8), (6, 8)]:
+        history.sample(float(t), counter)
+    # Rates: t1 60, t2 60, t3 180, t4 180, t6 0; buckets of 2 s: [0,2) [2,4) [4,6) [6,8)
+    assert history.buckets(10, 2.0, now=7.0) == [60.0, 120.0, 180.0, 0.0]
+    assert history.buckets(2, 2.0, now=7.0) == [180.0, 0.0]
+
+
+def test_sparkline_scales_to_the_peak_and_keeps_gaps() -> None:
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == "▁▂▃▄▅▆▇█"
+    assert sparkline([0, None, 10], 8) == BLOCKS[0] + " " + BLOCKS[-1]
+    assert sparkline([0.0, 0.0], 8) == BLOCKS[0] * 2  # idle is not the same as no data
+    assert sparkline(list(range(100)), 5) == sparkline(list(range(95, 100)), 5)
+    assert sparkline([1, 50], 4, top=100) == "▂▅"
+
+
+# --- fetching -----------------------------------------------------------------------------------------------
+
+
+def test_connection_refused_reads_as_such() -> None:
+    port = free_port()
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/status", timeout=2)
+    except httpx.HTTPError as exc:
+        assert describe_error(exc) == "connection refused"
+    else:
+        raise AssertionError("nothing listens there")
+
+
+def test_cli_against_nothing_shows_both_down() -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    result = monitor_cli("--once", "--mock-url", url, "--apim-url", url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("DOWN: connection refused") == 2
+    assert "Traceback" not in result.stderr
+
+    result = monitor_cli("--json", "--mock-url", url, "--apim-url", url)
+    combined = json.loads(result.stdout)
+    assert combined["mock"] == {
+        "url": url,
+        "up": False,
+        "error": "connection refused",
+        "latency_ms": None,
+        "status": None,
+    }
+    assert combined["apim"]["up"] is False
