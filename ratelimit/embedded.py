@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from ratelimit.limits import NOTHING, Cost, Decision, Policy
 from ratelimit.store import Clock, Store, args, decode
 
+SWEEP_EVERY_MS = 60_000
+"""How often idle budgets are dropped, so keys that never come back do not pile up."""
+
 
 def _wall_clock() -> int:
     return time.time_ns() // 1_000_000
@@ -52,6 +55,7 @@ class EmbeddedStore(Store):
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock
         self._budgets: dict[str, _Budget] = {}
+        self._next_sweep = 0
 
     async def acquire(self, key: str, policy: Policy, cost: Cost) -> Decision:
         return self._run(key, policy, "acquire", cost)
@@ -73,8 +77,15 @@ class EmbeddedStore(Store):
 
     def _run(self, key: str, policy: Policy, op: str, cost: Cost, admitted_at_ms: int = 0) -> Decision:
         now = (self._clock or _wall_clock)()
+        if now >= self._next_sweep:
+            self._sweep(now)
         argv = args(policy, op, cost, now, now, admitted_at_ms)
         return decode(policy, self._step(key, argv))
+
+    def _sweep(self, now: int) -> None:
+        """Drop budgets past their expiry, as Redis expires their keys."""
+        self._budgets = {k: b for k, b in self._budgets.items() if b.expires_at > now}
+        self._next_sweep = now + SWEEP_EVERY_MS
 
     def _step(self, key: str, argv: list[int | str]) -> list[int]:  # noqa: PLR0912, PLR0915
         op = argv[0]
@@ -147,7 +158,7 @@ class EmbeddedStore(Store):
         wait = max(wait, wait_dr, wait_dt)
 
         write = op == "charge" or (op == "acquire" and wait == 0)
-        allowed = 1 if write else 0
+        allowed = 1 if write or (op == "peek" and wait == 0) else 0
         if write and (req > 0 or tok > 0):
             changed = True
             b.n, b.c = b.n + req, b.c + tok

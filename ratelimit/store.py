@@ -30,7 +30,8 @@ class Store(ABC):
 
     @abstractmethod
     async def peek(self, key: str, policy: Policy, cost: Cost = NOTHING) -> Decision:
-        """Evaluate ``cost`` without consuming it: the usage snapshot."""
+        """Evaluate ``cost`` without consuming it: the usage snapshot, and in ``allowed``
+        whether ``cost`` would be admitted now."""
 
     @abstractmethod
     async def charge(self, key: str, policy: Policy, cost: Cost) -> Decision:

@@ -146,6 +146,8 @@ local allowed = 0
 local write = false
 if op == 'acquire' and wait == 0 then allowed = 1; write = true end
 if op == 'charge' then allowed = 1; write = true end
+-- A peek answers "would this cost be admitted now?" without consuming it.
+if op == 'peek' and wait == 0 then allowed = 1 end
 
 local ttl = math.max(longest, day_end - now) + 60000
 

@@ -1,0 +1,685 @@
+"""One conformance suite, run against the embedded store and the Redis store alike.
+
+Every test drives a store through an injected clock, so window edges are checked to the
+millisecond without sleeping. Redis tests use a real server and a key prefix of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio import ConnectionPool, Redis
+
+from ratelimit import Cost, Decision, EmbeddedStore, Limits, Policy, RedisStore, Store
+from ratelimit.redis_store import SCRIPT
+from ratelimit.store import TRIM_MAX, args, decode
+
+START = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC: mid-day in UTC, far from any midnight
+MINUTE = 60_000
+HOUR = 3_600_000
+KEY = "budget"
+
+
+class ManualClock:
+    """Milliseconds that move only when a test says so."""
+
+    def __init__(self, now: int = START) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def set(self, now: int) -> None:
+        self.now = now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+def utc_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def policy(**limits: int | str) -> Policy:
+    return Limits(**limits).policy()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def store(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Store]:
+    if request.param == "embedded":
+        yield EmbeddedStore(clock=clock)
+        return
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    redis_store = RedisStore.from_url(url, prefix=prefix, clock=clock)
+    try:
+        yield redis_store
+    finally:
+        keys = [k async for k in redis_store.redis.scan_iter(match=f"{{{prefix}:*")]
+        if keys:
+            await redis_store.redis.delete(*keys)
+        await redis_store.close()
+
+
+def twin(store: Store, clock: ManualClock) -> Store:
+    """A second handle on the same budgets: a separate connection pool for Redis."""
+    if isinstance(store, RedisStore):
+        pool = store.redis.connection_pool
+        fresh = ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+        return RedisStore(Redis(connection_pool=fresh), prefix=store.prefix, clock=clock)
+    return store
+
+
+def live_entries(store: Store, key: str = KEY) -> int:
+    """How many log entries the store holds for ``key`` (not yet trimmed)."""
+    assert isinstance(store, EmbeddedStore)
+    budget = store._budgets[key]
+    return len(budget.times) - budget.head
+
+
+async def log_size(store: Store, key: str = KEY) -> int:
+    if isinstance(store, RedisStore):
+        return int(await store.redis.zcard(store.keys(key)[0]))
+    return live_entries(store, key)
+
+
+async def step(store: Store, key: str, argv: list[int | str], pol: Policy) -> Decision:
+    """Run one raw argument vector (as the Lua script takes it) through ``store``."""
+    if isinstance(store, RedisStore):
+        keys = store.keys(key)
+        raw = await store.redis.eval(SCRIPT, len(keys), *keys, *argv)
+        return decode(pol, raw)
+    assert isinstance(store, EmbeddedStore)
+    return decode(pol, store._step(key, argv))
+
+
+# --- sliding windows: the edge is exact to the millisecond ---------------------------------
+
+
+async def test_request_leaves_exactly_one_window_later(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=2)
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    clock.advance(10)
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+
+    clock.set(START + MINUTE - 1)
+    look = await store.peek(KEY, pol)
+    assert look.state("requests/minute").used == 2
+    denied = await store.acquire(KEY, pol, Cost(1, 0))
+    assert not denied.allowed
+    assert denied.wait_ms == 1
+    assert denied.state("requests/minute").wait_ms == 1
+
+    clock.set(START + MINUTE)
+    assert (await store.peek(KEY, pol)).state("requests/minute").used == 1
+    admitted = await store.acquire(KEY, pol, Cost(1, 0))
+    assert admitted.allowed
+    assert admitted.state("requests/minute").used == 2
+
+
+async def test_tokens_leave_exactly_one_window_later(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000)
+    assert (await store.acquire(KEY, pol, Cost(1, 600))).allowed
+    clock.advance(1)
+    denied = await store.acquire(KEY, pol, Cost(1, 500))
+    assert not denied.allowed
+    assert denied.wait_ms == MINUTE - 1
+    assert denied.state("tokens/minute").used == 600
+
+    clock.set(START + MINUTE - 1)
+    assert not (await store.acquire(KEY, pol, Cost(1, 500))).allowed
+    assert (await store.peek(KEY, pol)).state("tokens/minute").used == 600
+
+    clock.set(START + MINUTE)
+    assert (await store.peek(KEY, pol)).state("tokens/minute").used == 0
+    admitted = await store.acquire(KEY, pol, Cost(1, 500))
+    assert admitted.allowed
+    assert admitted.state("tokens/minute").used == 500
+
+
+async def test_reset_time_is_when_the_newest_entry_leaves(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=10, tpm=1000)
+    await store.acquire(KEY, pol, Cost(1, 100))
+    clock.advance(15_000)
+    await store.acquire(KEY, pol, Cost(1, 100))
+    clock.advance(5_000)
+    look = await store.peek(KEY, pol)
+    assert look.state("requests/minute").reset_ms == MINUTE - 5_000
+    assert look.state("tokens/minute").reset_ms == MINUTE - 5_000
+    clock.advance(MINUTE)
+    assert (await store.peek(KEY, pol)).state("tokens/minute").reset_ms == 0
+
+
+# --- daily windows: fixed, from midnight in a zone -------------------------------------------
+
+
+async def test_daily_requests_reset_at_midnight_in_seoul(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpd=2, daily_reset_tz="Asia/Seoul")
+    midnight = utc_ms("2024-04-30T15:00:00")  # 2024-05-01 00:00 in Seoul
+    clock.set(midnight - 30_000)
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    denied = await store.acquire(KEY, pol, Cost(1, 0))
+    assert not denied.allowed
+    assert denied.wait_ms == 30_000
+    assert denied.state("requests/day").reset_ms == 30_000
+
+    clock.set(midnight - 1)
+    assert not (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    clock.set(midnight)
+    admitted = await store.acquire(KEY, pol, Cost(1, 0))
+    assert admitted.allowed
+    # A fixed window: yesterday's requests, 30 s old, no longer count.
+    assert admitted.state("requests/day").used == 1
+    assert admitted.state("requests/day").reset_ms == 24 * HOUR
+
+
+async def test_daily_tokens_reset_at_midnight_in_seoul(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpd=1000, tpm=5000, daily_reset_tz="Asia/Seoul")
+    midnight = utc_ms("2024-04-30T15:00:00")
+    clock.set(midnight - 30_000)
+    assert (await store.acquire(KEY, pol, Cost(1, 600))).allowed
+    denied = await store.acquire(KEY, pol, Cost(1, 500))
+    assert not denied.allowed
+    assert denied.wait_ms == 30_000
+    assert denied.state("tokens/day").wait_ms == 30_000
+    assert denied.state("tokens/minute").wait_ms == 0
+
+    clock.set(midnight)
+    admitted = await store.acquire(KEY, pol, Cost(1, 500))
+    assert admitted.allowed
+    assert admitted.state("tokens/day").used == 500
+    # The sliding minute still holds the admission from before midnight.
+    assert admitted.state("tokens/minute").used == 1100
+
+
+@pytest.mark.parametrize(
+    ("midnight", "next_midnight"),
+    [
+        ("2024-03-10T05:00:00", "2024-03-11T04:00:00"),  # spring forward: a 23-hour day
+        ("2024-11-03T04:00:00", "2024-11-04T05:00:00"),  # fall back: a 25-hour day
+        ("2024-07-01T04:00:00", "2024-07-02T04:00:00"),  # an ordinary summer day
+    ],
+)
+async def test_daily_reset_in_new_york_across_dst(
+    store: Store, clock: ManualClock, midnight: str, next_midnight: str
+) -> None:
+    pol = policy(rpd=1, tpd=100, daily_reset_tz="America/New_York")
+    start, end = utc_ms(midnight), utc_ms(next_midnight)
+    clock.set(start)
+    first = await store.acquire(KEY, pol, Cost(1, 10))
+    assert first.allowed
+    assert first.state("requests/day").reset_ms == end - start
+
+    clock.set(start + 2 * HOUR)
+    denied = await store.acquire(KEY, pol, Cost(1, 10))
+    assert not denied.allowed
+    assert denied.wait_ms == end - start - 2 * HOUR
+
+    clock.set(end - 1)
+    assert not (await store.acquire(KEY, pol, Cost(1, 10))).allowed
+    clock.set(end)
+    admitted = await store.acquire(KEY, pol, Cost(1, 100))
+    assert admitted.allowed
+    assert admitted.state("tokens/day").used == 100
+
+
+async def test_day_follows_store_time_not_caller_time(store: Store) -> None:
+    """Redis time may differ from ours by a little: the store picks the day that holds its own
+    clock among the bounds we send, on either side of midnight."""
+    pol = policy(rpd=1, daily_reset_tz="Asia/Seoul")
+    midnight = utc_ms("2024-04-30T15:00:00")
+    before, after = midnight - 1000, midnight + 1000
+    for now, ref in ((before, after), (before, before - 12 * HOUR), (before, before)):
+        got = await step(store, f"{KEY}-{now}-{ref}", args(pol, "acquire", Cost(1, 0), now, ref), pol)
+        assert got.allowed
+        assert got.state("requests/day").reset_ms == midnight - now
+    # Once the store's clock is past midnight, it is a new day even if the caller's is not.
+    key = f"{KEY}-cross"
+    assert (await step(store, key, args(pol, "acquire", Cost(1, 0), before, before), pol)).allowed
+    late = await step(store, key, args(pol, "acquire", Cost(1, 0), after, before), pol)
+    assert late.allowed
+    assert late.state("requests/day").used == 1
+    assert late.state("requests/day").reset_ms == 24 * HOUR - 1000
+
+
+# --- atomicity: concurrent callers never over- or under-admit -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "cost", "expected"),
+    [
+        ({"rpm": 50, "tpm": 100_000}, Cost(1, 100), 50),  # requests bind
+        ({"rpm": 500, "tpm": 5_000}, Cost(1, 50), 100),  # tokens bind
+        ({"rpd": 37, "tpd": 100_000}, Cost(1, 10), 37),  # the day binds
+    ],
+)
+async def test_concurrent_admissions_admit_exactly_the_limit(
+    store: Store, clock: ManualClock, limits: dict[str, int], cost: Cost, expected: int
+) -> None:
+    pol = policy(**limits)
+    other = twin(store, clock)
+    callers = [store, other]
+    try:
+        results = await asyncio.gather(*(callers[i % 2].acquire(KEY, pol, cost) for i in range(200)))
+    finally:
+        if other is not store:
+            await other.close()
+    assert sum(d.allowed for d in results) == expected
+    look = await store.peek(KEY, pol)
+    assert look.state("requests/minute").used == expected
+    assert look.state("tokens/minute").used == expected * cost.tokens
+    assert look.state("requests/day").used == expected
+
+
+async def test_redis_server_time_admits_exactly_the_limit_across_connections(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Without an injected clock both handles use Redis TIME; 200 racing callers on separate
+    connection pools share one budget."""
+    pol = policy(rpm=60, tpm=6_000)
+    stores = [RedisStore.from_url(redis_url, prefix=redis_prefix) for _ in range(2)]
+    try:
+        results = await asyncio.gather(*(stores[i % 2].acquire(KEY, pol, Cost(1, 100)) for i in range(200)))
+        assert sum(d.allowed for d in results) == 60
+        assert all(d.wait_ms > 0 for d in results if not d.allowed)
+        server_s, _ = await stores[0].redis.time()
+        assert all(abs(d.now_ms - server_s * 1000) < MINUTE for d in results)
+    finally:
+        await stores[0].reset(KEY)
+        for s in stores:
+            await s.close()
+
+
+# --- a denial says exactly when the request fits ---------------------------------------------
+
+
+async def assert_fits_exactly_after(store: Store, clock: ManualClock, pol: Policy, cost: Cost) -> int:
+    """Deny now with wait W; still denied at W-1; admitted at W. Returns W."""
+    denied = await store.acquire(KEY, pol, cost)
+    assert not denied.allowed
+    wait = denied.wait_ms
+    assert wait > 0
+    start = clock.now
+    clock.set(start + wait - 1)
+    again = await store.acquire(KEY, pol, cost)
+    assert not again.allowed
+    assert again.wait_ms == 1
+    clock.set(start + wait)
+    assert (await store.acquire(KEY, pol, cost)).allowed
+    return wait
+
+
+async def test_wait_is_exact_for_requests(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=3)
+    for _ in range(3):
+        assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+        clock.advance(100)
+    assert await assert_fits_exactly_after(store, clock, pol, Cost(1, 0)) == MINUTE - 300
+
+
+async def test_wait_is_exact_for_weighted_tokens(store: Store, clock: ManualClock) -> None:
+    """600 tokens need the two oldest entries (200 + 300) to leave, not just the first."""
+    pol = policy(tpm=1000)
+    for tokens in (200, 300, 400):
+        assert (await store.acquire(KEY, pol, Cost(1, tokens))).allowed
+        clock.advance(1000)
+    assert await assert_fits_exactly_after(store, clock, pol, Cost(1, 600)) == MINUTE + 1000 - 3000
+
+
+async def test_wait_is_the_longest_of_all_limits(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=2, tpm=1000)
+    await store.acquire(KEY, pol, Cost(1, 900))
+    clock.advance(5_000)
+    await store.acquire(KEY, pol, Cost(1, 50))
+    clock.advance(5_000)
+    # Requests fit once the first entry leaves (50 s); 990 tokens need both gone (55 s).
+    denied = await store.acquire(KEY, pol, Cost(1, 990))
+    assert denied.state("requests/minute").wait_ms == MINUTE - 10_000
+    assert denied.state("tokens/minute").wait_ms == MINUTE - 5_000
+    assert denied.binding is not None
+    assert denied.binding.name == "tokens/minute"
+    assert denied.wait_ms == MINUTE - 5_000
+    clock.advance(denied.wait_ms - 1)
+    assert not (await store.acquire(KEY, pol, Cost(1, 990))).allowed
+    clock.advance(1)
+    assert (await store.acquire(KEY, pol, Cost(1, 990))).allowed
+
+
+async def test_wait_counts_entries_sharing_one_millisecond(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=100)
+    for tokens in (10, 20, 30, 40):
+        assert (await store.acquire(KEY, pol, Cost(1, tokens))).allowed
+    clock.advance(10)
+    assert await assert_fits_exactly_after(store, clock, pol, Cost(1, 5)) == MINUTE - 10
+
+
+# --- all or nothing ---------------------------------------------------------------------------
+
+
+async def test_a_denial_consumes_nothing_on_any_limit(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=60, tpm=1000, rpd=100, tpd=2000, short_window_s=10)
+    assert (await store.acquire(KEY, pol, Cost(1, 900))).allowed
+    before = await store.peek(KEY, pol)
+
+    denied = await store.acquire(KEY, pol, Cost(1, 200))  # tokens/minute denies
+    assert not denied.allowed
+    assert [s.name for s in denied.states if s.wait_ms] == ["tokens/minute"]
+    after = await store.peek(KEY, pol)
+    assert [s.used for s in after.states] == [s.used for s in before.states]
+
+    # The day denies while the minute would allow: the minute consumes nothing either.
+    clock.advance(MINUTE)
+    day_pol = policy(rpm=10, tpm=1000, rpd=100, tpd=1000)
+    denied = await store.acquire(KEY, day_pol, Cost(1, 200))
+    assert not denied.allowed
+    assert [s.name for s in denied.states if s.wait_ms] == ["tokens/day"]
+    look = await store.peek(KEY, day_pol)
+    assert look.state("requests/minute").used == 0
+    assert look.state("requests/day").used == 1
+    assert look.state("tokens/day").used == 900
+
+
+# --- accounting: charge the excess, refund on opt-in ----------------------------------------
+
+
+async def test_charge_consumes_unconditionally(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=10, tpm=1000, tpd=5000)
+    admitted = await store.acquire(KEY, pol, Cost(1, 800))
+    assert admitted.allowed
+    clock.advance(1000)
+    # The answer used 500 tokens more than estimated: over the limit, charged all the same.
+    charged = await store.charge(KEY, pol, Cost(0, 500))
+    assert charged.allowed
+    assert charged.wait_ms == 0
+    assert charged.state("tokens/minute").used == 1300
+    assert charged.state("requests/minute").used == 1
+    assert charged.state("tokens/day").used == 1300
+    assert charged.state("tokens/minute").remaining == 0
+
+    clock.advance(1000)
+    # 600 tokens fit only once the admission and the excess have both left.
+    assert await assert_fits_exactly_after(store, clock, pol, Cost(1, 600)) == MINUTE - 1000
+
+
+async def test_refund_returns_tokens_and_leaves_with_its_admission(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000, tpd=10_000)
+    first = await store.acquire(KEY, pol, Cost(1, 800))
+    clock.advance(10_000)
+    assert not (await store.acquire(KEY, pol, Cost(1, 700))).allowed
+
+    refunded = await store.refund(KEY, pol, 500, first.now_ms)
+    assert refunded.state("tokens/minute").used == 300
+    assert refunded.state("tokens/day").used == 300
+    second = await store.acquire(KEY, pol, Cost(1, 700))
+    assert second.allowed
+    assert second.state("tokens/minute").used == 1000
+
+    # The first admission leaves with its refund: what remains is exactly the second one.
+    clock.set(first.now_ms + MINUTE - 1)
+    assert (await store.peek(KEY, pol)).state("tokens/minute").used == 1000
+    clock.set(first.now_ms + MINUTE)
+    look = await store.peek(KEY, pol)
+    assert look.state("tokens/minute").used == 700
+    assert (await store.acquire(KEY, pol, Cost(1, 300))).allowed
+    assert not (await store.acquire(KEY, pol, Cost(1, 1))).allowed
+
+
+async def test_refund_after_the_window_only_returns_daily_tokens(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000, tpd=10_000)
+    first = await store.acquire(KEY, pol, Cost(1, 800))
+    clock.advance(MINUTE)
+    later = await store.acquire(KEY, pol, Cost(1, 100))
+    refunded = await store.refund(KEY, pol, 500, first.now_ms)
+    # The minute no longer holds the first admission, so nothing comes off the later one.
+    assert refunded.state("tokens/minute").used == 100
+    assert refunded.state("tokens/day").used == 400
+    clock.set(later.now_ms + MINUTE)
+    assert (await store.peek(KEY, pol)).state("tokens/minute").used == 0
+
+
+async def test_refund_of_yesterday_leaves_today_alone(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000, tpd=1000, daily_reset_tz="Asia/Seoul")
+    midnight = utc_ms("2024-04-30T15:00:00")
+    clock.set(midnight - 1000)
+    first = await store.acquire(KEY, pol, Cost(1, 600))
+    clock.set(midnight)
+    today = await store.acquire(KEY, pol, Cost(1, 300))
+    assert today.state("tokens/day").used == 300
+    refunded = await store.refund(KEY, pol, 400, first.now_ms)
+    assert refunded.state("tokens/day").used == 300
+    assert refunded.state("tokens/minute").used == 500
+
+
+async def test_several_refunds_leave_one_by_one(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000)
+    admissions = []
+    for _ in range(3):
+        admissions.append(await store.acquire(KEY, pol, Cost(1, 300)))
+        clock.advance(1000)
+    # Refunds arrive out of order, as answers finish.
+    for decision, tokens in zip(reversed(admissions), (50, 100, 200), strict=True):
+        await store.refund(KEY, pol, tokens, decision.now_ms)
+    assert (await store.peek(KEY, pol)).state("tokens/minute").used == 900 - 350
+    expected_after = [900 - 300 - (350 - 200), 300 - 50, 0]
+    for decision, expected in zip(admissions, expected_after, strict=True):
+        clock.set(decision.now_ms + MINUTE)
+        assert (await store.peek(KEY, pol)).state("tokens/minute").used == expected
+
+
+async def test_a_refunded_budget_is_fully_usable(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000)
+    first = await store.acquire(KEY, pol, Cost(1, 1000))
+    await store.refund(KEY, pol, 600, first.now_ms)
+    assert (await store.acquire(KEY, pol, Cost(1, 600))).allowed
+    assert not (await store.acquire(KEY, pol, Cost(1, 1))).allowed
+
+
+# --- no under-admission -----------------------------------------------------------------------
+
+
+async def test_the_full_budget_is_usable_again_and_again(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=5, tpm=1000)
+    for _window in range(3):
+        for tokens in (100, 250, 50, 600):
+            assert (await store.acquire(KEY, pol, Cost(1, tokens))).allowed
+            clock.advance(7)
+        assert not (await store.acquire(KEY, pol, Cost(1, 1))).allowed
+        assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed  # the fifth request
+        assert not (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+        clock.advance(MINUTE)
+
+
+async def test_too_large_is_detected_before_the_store(store: Store) -> None:
+    pol = policy(rpm=10, tpm=1000, tpd=800)
+    assert pol.too_large(Cost(1, 800)) is None
+    big = pol.too_large(Cost(1, 900))
+    assert big is not None
+    assert (big.name, big.limit) == ("tokens/day", 800)
+    huge = pol.too_large(Cost(1, 1001))
+    assert huge is not None
+    assert (huge.name, huge.limit) == ("tokens/minute", 1000)
+    assert policy(tpm=0).too_large(Cost(1, 10**9)) is None
+    # The store never admits it either, and consumes nothing trying.
+    assert not (await store.acquire(KEY, pol, Cost(1, 1001))).allowed
+    assert (await store.peek(KEY, pol)).state("tokens/day").used == 0
+
+
+# --- Azure-style sub-windows and the gateway's margin -----------------------------------------
+
+
+async def test_short_window_spreads_rpm_over_seconds(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=600, short_window_s=1)
+    assert [w.name for w in pol.windows] == ["minute", "1s"]
+    for i in range(10):
+        clock.set(START + i * 10)
+        assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    clock.set(START + 100)
+    denied = await store.acquire(KEY, pol, Cost(1, 0))
+    assert not denied.allowed
+    assert denied.binding is not None
+    assert denied.binding.name == "requests/1s"
+    assert denied.state("requests/minute").wait_ms == 0
+    assert await assert_fits_exactly_after(store, clock, pol, Cost(1, 0)) == 900
+
+
+async def test_short_window_allows_the_minute_to_fill(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=60, short_window_s=10)  # 10 per 10 s
+    for second in range(60):
+        clock.set(START + second * 1000)
+        assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    clock.set(START + 59_500)
+    denied = await store.acquire(KEY, pol, Cost(1, 0))
+    assert denied.state("requests/minute").wait_ms == 500
+    assert denied.state("requests/10s").wait_ms == 500
+
+
+async def test_margin_lengthens_every_window(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=1, short_window_s=1, margin_ms=250)
+    assert [w.length_ms for w in pol.windows] == [MINUTE + 250, 1250]
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    clock.set(START + MINUTE)
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).wait_ms == 250
+    assert await assert_fits_exactly_after(store, clock, pol, Cost(1, 0)) == 250
+
+
+# --- peek, reset, clock, growth --------------------------------------------------------------
+
+
+async def test_peek_does_not_consume(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=2, tpm=100, rpd=5, tpd=500)
+    for _ in range(5):
+        look = await store.peek(KEY, pol, Cost(1, 60))
+        assert look.allowed  # it would fit now ...
+        assert look.wait_ms == 0
+        assert all(s.used == 0 for s in look.states)  # ... and nothing was consumed
+    await store.acquire(KEY, pol, Cost(1, 60))
+    look = await store.peek(KEY, pol, Cost(1, 60))
+    assert not look.allowed
+    assert look.state("tokens/minute").wait_ms == MINUTE
+    assert look.state("tokens/minute").used == 60
+    assert (await store.acquire(KEY, pol, Cost(1, 40))).allowed
+
+
+async def test_reset_forgets_the_budget(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=1, tpd=100)
+    await store.acquire(KEY, pol, Cost(1, 100))
+    await store.acquire("other", pol, Cost(1, 100))
+    await store.reset(KEY)
+    admitted = await store.acquire(KEY, pol, Cost(1, 100))
+    assert admitted.allowed
+    assert admitted.state("tokens/day").used == 100
+    assert not (await store.acquire("other", pol, Cost(1, 1))).allowed
+
+
+async def test_budgets_are_independent_per_key(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=1)
+    assert (await store.acquire("a", pol, Cost(1, 0))).allowed
+    assert (await store.acquire("b", pol, Cost(1, 0))).allowed
+    assert not (await store.acquire("a", pol, Cost(1, 0))).allowed
+
+
+async def test_clock_never_runs_backwards_for_a_key(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=2)
+    clock.set(START + 10_000)
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).now_ms == START + 10_000
+    clock.set(START + 5_000)  # e.g. Redis failed over to a host whose clock is behind
+    second = await store.acquire(KEY, pol, Cost(1, 0))
+    assert second.now_ms == START + 10_000
+    # Both admissions are stamped at the later time, so neither leaves early.
+    clock.set(START + 10_000 + MINUTE - 1)
+    assert not (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    clock.set(START + 10_000 + MINUTE)
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+
+
+async def test_the_log_is_trimmed_as_windows_pass(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=100, tpm=10_000)
+    for _window in range(30):
+        for _ in range(20):
+            assert (await store.acquire(KEY, pol, Cost(1, 10))).allowed
+            clock.advance(100)
+        clock.advance(MINUTE)
+    # 600 admissions over 30 windows: only the last window's (and the next trim's) remain.
+    assert await log_size(store) <= 20 + 1
+    look = await store.peek(KEY, pol)
+    assert look.state("requests/minute").used == 0
+
+
+async def test_a_long_quiet_spell_is_trimmed_a_bounded_amount_per_call(
+    store: Store, clock: ManualClock
+) -> None:
+    pol = policy(tpm=10**9)
+    for _ in range(TRIM_MAX * 3):
+        await store.acquire(KEY, pol, Cost(1, 1))
+    clock.advance(MINUTE)
+    await store.acquire(KEY, pol, Cost(1, 1))
+    assert await log_size(store) == TRIM_MAX * 2 + 1
+    for _ in range(3):
+        await store.acquire(KEY, pol, Cost(1, 1))
+    assert await log_size(store) == 4
+    assert (await store.peek(KEY, pol)).state("requests/minute").used == 4
+
+
+async def test_redis_keys_expire(store: Store, clock: ManualClock) -> None:
+    if not isinstance(store, RedisStore):
+        pytest.skip("Redis key expiry")
+    pol = policy(rpm=10, tpm=1000, daily_reset_tz="UTC")
+    first = await store.acquire(KEY, pol, Cost(1, 100))
+    await store.refund(KEY, pol, 50, first.now_ms)
+    day_end = utc_ms("2023-11-15T00:00:00")
+    longest_life = day_end - START + MINUTE
+    for name in store.keys(KEY):
+        ttl = await store.redis.pttl(name)
+        assert 0 < ttl <= longest_life
+
+
+async def test_embedded_store_forgets_idle_budgets(clock: ManualClock) -> None:
+    store = EmbeddedStore(clock=clock)
+    pol = policy(rpm=10, tpd=1000)
+    for i in range(100):
+        await store.acquire(f"key-{i}", pol, Cost(1, 10))
+    clock.advance(2 * 24 * HOUR)
+    await store.acquire("fresh", pol, Cost(1, 10))
+    assert list(store._budgets) == ["fresh"]
+
+
+async def test_embedded_log_memory_is_bounded(clock: ManualClock) -> None:
+    store = EmbeddedStore(clock=clock)
+    pol = policy(tpm=10**9)
+    for _ in range(20):
+        for _ in range(500):
+            await store.acquire(KEY, pol, Cost(1, 1))
+            clock.advance(1)
+        clock.advance(MINUTE)
+    budget = store._budgets[KEY]
+    assert live_entries(store) <= 501
+    assert len(budget.times) < 3000
+
+
+async def test_redis_recovers_from_a_flushed_script_cache(store: Store, clock: ManualClock) -> None:
+    if not isinstance(store, RedisStore):
+        pytest.skip("Redis script cache")
+    pol = policy(rpm=2)
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    # Other tests share this Redis; they recover the same way, which is what this proves.
+    await store.redis.script_flush()
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    assert not (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+
+
+async def test_redis_keys_share_one_hash_tag(redis_url: str, redis_prefix: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=redis_prefix)
+    try:
+        tags = {name[name.index("{") : name.index("}") + 1] for name in store.keys("user:42")}
+        assert tags == {f"{{{redis_prefix}:user:42}}"}
+    finally:
+        await store.close()
