@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -15,7 +16,9 @@ from monitor.history import RateHistory, sparkline
 from monitor.readings import LimitReading
 
 BAR_WIDTH = 32
+BAR_MIN = 8
 SPARK_WIDTH = 60
+SPARK_MIN = 10
 DASH = "-"
 TITLES = {"mock": "LLM mock", "apim": "Gateway"}
 # What each service calls itself in /status: a mismatch means the URLs are swapped.
@@ -68,14 +71,28 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> Text:
     return text
 
 
+class Bar:
+    """A usage bar as wide as its table column allows (up to ``BAR_WIDTH``), so narrow terminals fit."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(BAR_MIN, BAR_WIDTH).clamp(max_width=options.max_width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield bar(self.fraction, max(1, min(BAR_WIDTH, options.max_width)))
+
+
 def limits_table(items: list[LimitReading]) -> Table:
     table = Table(box=None, pad_edge=False, expand=False, show_edge=False)
-    table.add_column("Limit", style="bold")
-    table.add_column("Usage", no_wrap=True)
+    # Only the bar column gives way on a narrow terminal: the figures never wrap.
+    table.add_column("Limit", style="bold", no_wrap=True)
+    table.add_column("Usage")
     table.add_column("Used / Limit", justify="right", no_wrap=True)
-    table.add_column("%", justify="right")
-    table.add_column("Remaining", justify="right")
-    table.add_column("Resets in", justify="right")
+    table.add_column("%", justify="right", no_wrap=True)
+    table.add_column("Left", justify="right", no_wrap=True)
+    table.add_column("Resets in", justify="right", no_wrap=True)
     for item in items:
         name = item.name.upper()
         if item.unlimited:
@@ -84,7 +101,7 @@ def limits_table(items: list[LimitReading]) -> Table:
         reset = format_duration(item.reset_s) if item.used else DASH
         table.add_row(
             name,
-            bar(item.fraction),
+            Bar(item.fraction),
             f"{format_count(item.used)} / {format_count(item.limit)}",
             Text(f"{item.fraction * 100:.1f}%", style=level_style(item.fraction)),
             format_count(item.remaining),
@@ -98,13 +115,13 @@ def figures(pairs: list[tuple[str, str]]) -> Text:
     text = Text()
     for i, (label, value) in enumerate(pairs):
         if i:
-            text.append("   ")
+            text.append("  ")
         text.append(f"{label} ", style="dim")
         text.append(value, style="bold")
     return text
 
 
-def totals_line(status: dict) -> Text:
+def mock_totals_line(status: dict) -> Text:
     totals = readings.totals(status)
     return figures(
         [
@@ -115,68 +132,64 @@ def totals_line(status: dict) -> Text:
     )
 
 
-def queue_lines(status: dict) -> list[Text]:
+def summed(total: float | None, here: float | None, clustered: bool) -> str:
+    """A cluster-wide figure with this instance's share, or just this instance's."""
+    if not clustered:
+        return format_count(here)
+    return f"{format_count(total)} ({format_count(here)} here)"
+
+
+def gateway_lines(status: dict) -> list[Text]:
     q = readings.queue(status)
-    lines = []
-    if q.clustered:
-        lines.append(
-            figures(
-                [
-                    ("cluster", f"{format_count(q.instances)} instances on one Redis"),
-                    ("queue depth", format_count(q.cluster_depth)),
-                    ("in flight", format_count(q.cluster_in_flight)),
-                ]
-            )
-        )
-        lines.append(
-            figures(
-                [
-                    ("this instance: queue depth", format_count(q.depth)),
-                    ("in flight", format_count(q.in_flight)),
-                    ("oldest wait", format_ms(q.oldest_wait_s)),
-                ]
-            )
-        )
-    else:
-        lines.append(
-            figures(
-                [
-                    ("queue depth", format_count(q.depth)),
-                    ("in flight", format_count(q.in_flight)),
-                    ("oldest wait", format_ms(q.oldest_wait_s)),
-                ]
-            )
-        )
-    lines.append(
+    totals = readings.totals(status)
+    return [
         figures(
             [
+                ("queue depth", summed(q.cluster_depth, q.depth, q.clustered)),
+                ("in flight", summed(q.cluster_in_flight, q.in_flight, q.clustered)),
+                ("oldest wait", format_ms(q.oldest_wait_s)),
                 ("queue wait p50", format_ms(q.wait_p50_s)),
                 ("p99", format_ms(q.wait_p99_s)),
+            ]
+        ),
+        figures(
+            [
+                ("requests", format_count(totals.requests)),
                 ("admitted/min", format_count(q.admitted_per_min)),
+                ("answered 429", format_count(totals.rate_limited)),
                 ("upstream 429s", format_count(q.upstream_429)),
                 ("errors", format_count(q.errors)),
             ]
-        )
-    )
-    return lines
+        ),
+    ]
 
 
-def sparkline_line(history: RateHistory | None, now: float, width: int = SPARK_WIDTH) -> Text:
-    """The admitted rate over the history's span, one block per ``span / width`` seconds."""
-    text = Text("admitted/min history ", style="dim")
-    rates = [r for r in history.rates() if r is not None] if history else []
-    if history is None or not rates:
-        text.append("(history builds up while the monitor runs)", style="dim")
-        return text
-    buckets = history.buckets(width, history.span_s / width, now)
-    text.append(sparkline(buckets, width).ljust(width), style="cyan")
-    peak = max((b for b in buckets if b is not None), default=0.0)
-    text.append(
-        f"  last {format_duration(history.span_s)}: now {format_count(round(rates[-1]))}, "
-        f"peak {format_count(round(peak))}",
-        style="dim",
-    )
-    return text
+class RateLine:
+    """The admitted rate over the history's span as a sparkline that fits the line it is on."""
+
+    label = "admitted/min history "
+
+    def __init__(self, history: RateHistory | None, now: float) -> None:
+        self.history = history
+        self.now = now
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        text = Text(self.label, style="dim")
+        history = self.history
+        rates = [r for r in history.rates() if r is not None] if history else []
+        if history is None or not rates:
+            text.append("(builds up while the monitor runs)", style="dim")
+            yield text
+            return
+        # The summary is measured first with the widest figures so the sparkline keeps one width.
+        summary = f"  last {format_duration(history.span_s)}: now {{}}, peak {{}}"
+        room = options.max_width - len(self.label) - len(summary.format("9,999", "9,999"))
+        width = max(SPARK_MIN, min(SPARK_WIDTH, room))
+        buckets = history.buckets(width, history.span_s / width, self.now)
+        peak = max((b for b in buckets if b is not None), default=0.0)
+        text.append(sparkline(buckets, width).ljust(width), style="cyan")
+        text.append(summary.format(format_count(round(rates[-1])), format_count(round(peak))), style="dim")
+        yield text
 
 
 def service_title(service: ServiceStatus) -> Text:
@@ -190,11 +203,16 @@ def service_title(service: ServiceStatus) -> Text:
     reported = status.get("service")
     if reported and reported != EXPECTED.get(service.name, reported):
         title.append(f" answers as {reported!r}", style="bold yellow")
-    store = status.get("store")
-    if store:
-        title.append(f" {store} store", style="dim")
+    notes = []
+    if status.get("store"):
+        notes.append(f"{status['store']} store")
+    instances = readings.number(status, "cluster.instances")
+    if instances is not None:
+        notes.append(f"{format_count(instances)} instances")
     if service.latency_ms is not None:
-        title.append(f" {service.latency_ms:.0f}ms", style="dim")
+        notes.append(f"{service.latency_ms:.0f}ms")
+    if notes:
+        title.append(" " + " · ".join(notes), style="dim")
     return title + Text(" ")
 
 
@@ -216,10 +234,11 @@ def service_panel(
     parts: list[RenderableType] = []
     items = readings.limits(status)
     parts.append(limits_table(items) if items else Text("no limits reported", style="dim"))
-    parts.append(totals_line(status))
-    if service.name == "apim" or "queue" in status:
-        parts.extend(queue_lines(status))
-        parts.append(sparkline_line(history, now))
+    if service.name == "apim":
+        parts.extend(gateway_lines(status))
+        parts.append(RateLine(history, now))
+    else:
+        parts.append(mock_totals_line(status))
     return Panel(Group(*parts), title=service_title(service), title_align="left", border_style="green")
 
 

@@ -122,7 +122,13 @@ def queue(status: dict[str, Any]) -> Queue:
     return Queue(
         depth=number(status, "queue.depth"),
         in_flight=number(status, "queue.in_flight"),
-        oldest_wait_s=seconds(status, "queue.oldest_wait_s", "queue.oldest_wait_ms"),
+        oldest_wait_s=seconds(
+            status,
+            "cluster.oldest_wait_s",
+            "cluster.oldest_wait_ms",
+            "queue.oldest_wait_s",
+            "queue.oldest_wait_ms",
+        ),
         wait_p50_s=seconds(
             status,
             "queue.wait_p50_s",

@@ -99,23 +99,24 @@ def test_gateway_queue_figures_are_shown() -> None:
     status["queue"].update({"wait_p50_ms": 120, "wait_p99_ms": 1830, "admitted_per_min": 58})
     status["totals"]["upstream_429"] = 3
     text = text_of(render(with_gateway(status)))
-    assert "queue depth 4" in text
-    assert "in flight 2" in text
+    assert "queue depth 4 " in text
+    assert "in flight 2 " in text
     assert "oldest wait 1.3s" in text
     assert "queue wait p50 120ms" in text
     assert "p99 1.8s" in text
+    assert "requests 120 " in text
     assert "admitted/min 58" in text
+    assert "answered 429 2 " in text
     assert "upstream 429s 3" in text
-    assert "errors 1" in text
+    assert "errors 1 " in text
 
 
 def test_cluster_shows_the_sum_of_the_instances_queues() -> None:
     status = gateway_status(cluster={"instances": 3, "depth": 11, "in_flight": 6})
     text = text_of(render(with_gateway(status)))
     assert "3 instances" in text
-    assert "queue depth 11" in text
-    assert "in flight 6" in text
-    assert "this instance: queue depth 4" in text
+    assert "queue depth 11 (4 here)" in text
+    assert "in flight 6 (2 here)" in text
 
 
 def test_missing_fields_show_dashes_instead_of_failing() -> None:
