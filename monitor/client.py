@@ -55,7 +55,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}"
+        return f"HTTP {exc.response.status_code}{error_message(exc.response)}"
     if isinstance(exc, json.JSONDecodeError | ValueError):
         return "/status did not answer a JSON object"
     # httpx wraps the OS error (and anyio sometimes a group of them): the cause names it best.
@@ -71,6 +71,15 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "connection refused" if "refused" in str(exc).lower() else f"cannot connect: {exc}"
     return str(exc) or type(exc).__name__
+
+
+def error_message(response: httpx.Response) -> str:
+    """``": message"`` from an OpenAI-shaped error body (a store outage says so), else nothing."""
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f": {message}" if isinstance(message, str) and message else ""
 
 
 async def fetch_status(client: httpx.AsyncClient, name: str, url: str) -> ServiceStatus:

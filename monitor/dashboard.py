@@ -126,6 +126,7 @@ def mock_totals_line(status: dict) -> Text:
     return figures(
         [
             ("requests", format_count(totals.requests)),
+            ("ok", format_count(totals.ok)),
             ("rate-limited (429)", format_count(totals.rate_limited)),
             ("errors", format_count(totals.errors)),
         ]
@@ -206,6 +207,8 @@ def service_title(service: ServiceStatus) -> Text:
     notes = []
     if status.get("store"):
         notes.append(f"{status['store']} store")
+    if isinstance(status.get("api_key"), str):
+        notes.append(f"key {status['api_key']}")
     instances = readings.number(status, "cluster.instances")
     if instances is not None:
         notes.append(f"{format_count(instances)} instances")

@@ -84,6 +84,7 @@ def limits(status: dict[str, Any]) -> list[LimitReading]:
 @dataclass(frozen=True, slots=True)
 class Totals:
     requests: float | None
+    ok: float | None
     rate_limited: float | None
     errors: float | None
 
@@ -91,6 +92,7 @@ class Totals:
 def totals(status: dict[str, Any]) -> Totals:
     return Totals(
         requests=number(status, "totals.requests"),
+        ok=number(status, "totals.ok"),
         rate_limited=number(status, "totals.rate_limited"),
         errors=number(status, "totals.errors"),
     )

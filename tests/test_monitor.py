@@ -242,3 +242,14 @@ def test_cli_against_nothing_shows_both_down() -> None:
         "status": None,
     }
     assert combined["apim"]["up"] is False
+
+
+def test_an_error_status_shows_the_services_own_message() -> None:
+    request = httpx.Request("GET", "http://m/status")
+    body = {"error": {"message": "rate-limit store unavailable", "type": "server_error", "param": None}}
+    response = httpx.Response(503, json=body, request=request)
+    assert describe_error(httpx.HTTPStatusError("503", request=request, response=response)) == (
+        "HTTP 503: rate-limit store unavailable"
+    )
+    plain = httpx.Response(502, text="bad gateway", request=request)
+    assert describe_error(httpx.HTTPStatusError("502", request=request, response=plain)) == "HTTP 502"
