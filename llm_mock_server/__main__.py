@@ -1,0 +1,72 @@
+"""``llm-mock`` / ``python -m llm_mock_server``: run the mock under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+from uvicorn.config import LOGGING_CONFIG
+
+from llm_mock_server.config import MockSettings, describe_error
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging plus our loggers, and a filter for deliberate drops."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"quiet_drops": {"()": "llm_mock_server.faults.QuietDrops"}}
+    config["loggers"]["uvicorn.error"]["filters"] = ["quiet_drops"]
+    for name in ("llm_mock_server", "ratelimit", "openai_wire"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="llm-mock",
+        description="OpenAI-compatible mock LLM with OpenAI's rate limits (settings: MOCK_*).",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (default 1; with more, use MOCK_REDIS_URL so they share the limits)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        settings = MockSettings()
+    except ValidationError as exc:
+        print(f"llm-mock: {describe_error(exc)}", file=sys.stderr)
+        sys.exit(2)
+    if args.workers < 1:
+        print("llm-mock: --workers must be at least 1", file=sys.stderr)
+        sys.exit(2)
+    if args.workers > 1 and not settings.redis_url:
+        print(
+            "llm-mock: warning: each of the workers keeps its own limits without MOCK_REDIS_URL",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        "llm_mock_server.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=logging_config(settings.log_level),
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

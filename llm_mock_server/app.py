@@ -1,0 +1,113 @@
+"""The mock's ASGI application: settings -> limiter, store, routes, wire headers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from time import perf_counter
+from urllib.parse import urlsplit, urlunsplit
+
+from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
+
+from llm_mock_server.completion import vocabulary
+from llm_mock_server.config import MockSettings
+from llm_mock_server.faults import DROP_SCOPE_KEY, DROP_SENTINEL
+from llm_mock_server.routes import REQUEST_ID_KEY, MockService
+from openai_wire.errors import install
+from ratelimit.limiter import Limiter, open_store
+from ratelimit.limits import Limits
+from ratelimit.store import Clock
+from ratelimit.tokens import encoding, encoding_name_for_model
+
+log = logging.getLogger("llm_mock_server")
+
+STATIC_HEADERS = [(b"openai-organization", b"org-mock"), (b"openai-version", b"2020-10-01")]
+
+
+class MockApp:
+    """The outermost ASGI layer, around the FastAPI app.
+
+    Adds ``x-request-id`` and ``openai-processing-ms`` to every answer, and turns a
+    deliberate drop into a closed socket: returning a value from an ASGI call makes uvicorn
+    close the connection without writing anything (see ``faults``).
+    """
+
+    def __init__(self, api: FastAPI, service: MockService) -> None:
+        self.api = api
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> str | None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return None
+        request_id = "req_" + os.urandom(16).hex()
+        scope[REQUEST_ID_KEY] = request_id
+        started = perf_counter()
+
+        async def send_with_ids(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ms = int((perf_counter() - started) * 1000)
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode()),
+                    (b"openai-processing-ms", str(ms).encode()),
+                    *STATIC_HEADERS,
+                ]
+            await send(message)
+
+        await self.api(scope, receive, send_with_ids)
+        return DROP_SENTINEL if scope.get(DROP_SCOPE_KEY) else None
+
+    async def close(self) -> None:
+        await self.service.limiter.store.close()
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def create_app(settings: MockSettings | None = None, clock: Clock | None = None) -> MockApp:
+    """Build the mock; ``clock`` (ms since the epoch) replaces the store's time in tests."""
+    settings = settings or MockSettings()
+    limits = Limits(
+        rpm=settings.rpm_limit,
+        tpm=settings.tpm_limit,
+        rpd=settings.rpd_limit,
+        tpd=settings.tpd_limit,
+        daily_reset_tz=settings.daily_reset_tz,
+        short_window_s=settings.short_window_s,
+    )
+    store = open_store(settings.redis_url, settings.redis_prefix, clock=clock)
+    if settings.redis_url:
+        log.info(
+            "limiter store: redis at %s (prefix %s), shared by every mock using it",
+            _redacted(settings.redis_url),
+            settings.redis_prefix,
+        )
+    else:
+        log.info("limiter store: embedded (in-process; set MOCK_REDIS_URL to share limits between processes)")
+    # Load the encodings now: the first request should not pay for it.
+    for model in settings.models:
+        name = encoding_name_for_model(model)
+        encoding(name)
+        vocabulary(name)
+
+    service = MockService(settings, Limiter(limits, store))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await store.close()
+
+    api = FastAPI(title="llm-mock", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    install(api)
+    service.install(api)
+    return MockApp(api, service)

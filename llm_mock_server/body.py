@@ -1,0 +1,80 @@
+"""Reading a chat request body: size limit, content type, JSON, schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from openai_wire.errors import APIError
+from openai_wire.schemas import ChatCompletionRequest
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"Request body too large: the limit is {limit} bytes.",
+        type="invalid_request_error",
+        code="request_too_large",
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 past ``limit`` bytes without reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise APIError(400, "Invalid Content-Length header.", code="invalid_request") from None
+        if size > limit:
+            raise too_large(limit)
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_content_type(request: Request) -> None:
+    """JSON or nothing said: a form or text body is a client mistake worth naming."""
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return
+    mime = ctype.split(";", 1)[0].strip().lower()
+    if mime != "application/json" and not mime.endswith("+json"):
+        raise APIError(
+            400,
+            f"Invalid Content-Type header ({mime or 'empty'}): the request body must be JSON "
+            "(Content-Type: application/json).",
+            code="invalid_request",
+        )
+
+
+def parse(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    """The body as a dict (what cost and token counting read) and as the validated schema.
+
+    Errors are raised as FastAPI's ``RequestValidationError`` so the app's one handler
+    renders them in OpenAI's shape.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
+        ) from None
+    if not isinstance(data, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_request")
+    try:
+        request = ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
+    return data, request

@@ -1,0 +1,152 @@
+"""The mock's settings: environment variables prefixed ``MOCK_``, then ``.env``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ratelimit.cost import CostRule
+
+ENV_PREFIX = "MOCK_"
+DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4", "gpt-3.5-turbo"]
+
+CommaList = Annotated[list[str], NoDecode]
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+class MockSettings(BaseSettings):
+    """Everything the mock can be told, besides ``--host``, ``--port`` and ``--workers``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    rpm_limit: int = Field(60, ge=0, description="Requests per minute per API key (0 = no limit).")
+    tpm_limit: int = Field(60_000, ge=0, description="Tokens per minute per API key (0 = no limit).")
+    rpd_limit: int = Field(10_000, ge=0, description="Requests per day per API key (0 = no limit).")
+    tpd_limit: int = Field(2_000_000, ge=0, description="Tokens per day per API key (0 = no limit).")
+    daily_reset_tz: str = Field("UTC", description="Time zone whose midnight resets the daily limits.")
+    short_window_s: int = Field(
+        0,
+        ge=0,
+        description="Also enforce RPM over sub-windows of this many seconds at the pro-rated rate, "
+        "as Azure OpenAI does (1 or 10; 0 = off).",
+    )
+    cost_rule: CostRule = Field(
+        CostRule.SUM,
+        description="Tokens charged at admission: `sum` = prompt + max tokens (Azure), "
+        "`max` = the larger of max tokens and a character estimate (OpenAI's guide).",
+    )
+    default_max_tokens: int = Field(
+        1024, ge=1, description="Max tokens assumed in the cost of a request that sets none."
+    )
+    refund_unused: bool = Field(
+        False, description="Refund the unused part of the estimate after answering (bill actual usage)."
+    )
+    redis_url: str = Field(
+        "", description="Redis URL shared by several mock processes (empty = embedded in-process store)."
+    )
+    redis_prefix: str = Field("llm-mock", min_length=1, description="Key prefix of the limiter in Redis.")
+    ttft_ms: float = Field(0, ge=0, description="Time to first token, in milliseconds.")
+    tokens_per_s: float = Field(0, ge=0, description="Output speed in tokens per second (0 = instant).")
+    seed: int = Field(0, description="Seed of the generated text and of random faults.")
+    models: CommaList = Field(
+        default_factory=lambda: list(DEFAULT_MODELS), description="Comma-separated model ids served."
+    )
+    api_keys: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated accepted API keys, each with its own limits "
+        "(empty = no auth, one shared budget).",
+    )
+    admin: bool = Field(
+        False, description="Enable test control: the `x-mock-fault` header and `POST /admin/reset`."
+    )
+    fault_500_rate: Rate = Field(0, description="Share of requests answered 500 (0..1).")
+    fault_503_rate: Rate = Field(0, description="Share of requests answered 503 (0..1).")
+    fault_slow_rate: Rate = Field(0, description="Share of requests delayed by MOCK_FAULT_SLOW_MS (0..1).")
+    fault_slow_ms: int = Field(5000, ge=0, description="Extra delay of a slow answer, in milliseconds.")
+    fault_drop_rate: Rate = Field(
+        0, description="Share of requests whose connection is closed without an answer (0..1)."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted (413 above).")
+    log_requests: bool = Field(True, description="Log one line per chat request (id, model, tokens, ms).")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @field_validator("models", "api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("daily_reset_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("short_window_s")
+    @classmethod
+    def _divides_minute(cls, value: int) -> int:
+        if value and 60 % value:
+            raise ValueError("must divide 60 (1, 10, ...)")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one model")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> MockSettings:
+        # One draw per request picks at most one fault, so the shares must fit in one.
+        total = self.fault_500_rate + self.fault_503_rate + self.fault_slow_rate + self.fault_drop_rate
+        if total > 1:
+            raise ValueError(
+                "MOCK_FAULT_500_RATE + MOCK_FAULT_503_RATE + MOCK_FAULT_SLOW_RATE + MOCK_FAULT_DROP_RATE "
+                f"must not exceed 1 (is {total:g})"
+            )
+        return self
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming each bad setting, for the console at start."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ())]
+        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        value = error.get("input")
+        shown = f" (got {value!r})" if loc and not isinstance(value, dict) else ""
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{name}: {message}{shown}" if loc else message)
+    return "invalid setting " + "; ".join(parts)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) of every setting, for the README."""
+    rows = []
+    for name, field in MockSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default)
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        elif isinstance(default, CostRule):
+            default = default.value
+        rows.append((f"{ENV_PREFIX}{name.upper()}", str(default), field.description or ""))
+    return rows
