@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
+import pytest
 from rich.console import Console, RenderableType
 
-from monitor.client import ServiceStatus, Snapshot, describe_error
+from monitor.client import ServiceStatus, Snapshot, StatusClient, describe_error
 from monitor.dashboard import bar, format_duration, render
 from monitor.history import BLOCKS, RateHistory, sparkline
-from tests.processes import free_port
+from monitor.live import Monitor
+from tests.processes import Service, free_port, running
 
 WIDTH = 160
 
@@ -253,3 +261,197 @@ def test_an_error_status_shows_the_services_own_message() -> None:
     )
     plain = httpx.Response(502, text="bad gateway", request=request)
     assert describe_error(httpx.HTTPStatusError("502", request=request, response=plain)) == "HTTP 502"
+
+
+# --- against the real services ------------------------------------------------------------------------------
+
+MOCK_ENV = {
+    "MOCK_RPM_LIMIT": "500",
+    "MOCK_TPM_LIMIT": "200000",
+    "MOCK_RPD_LIMIT": "0",
+    "MOCK_TPD_LIMIT": "5000000",
+    "MOCK_REDIS_URL": "",
+    "MOCK_LOG_REQUESTS": "false",
+}
+
+
+def apim_env(upstream: str, **extra: str) -> dict[str, str]:
+    return {
+        "APIM_UPSTREAM_URL": upstream,
+        "APIM_RPM_LIMIT": "400",
+        "APIM_TPM_LIMIT": "150000",
+        "APIM_RPD_LIMIT": "0",
+        "APIM_TPD_LIMIT": "4000000",
+        "APIM_REDIS_URL": "",
+        "APIM_LOG_REQUESTS": "false",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[tuple[Service, Service]]:
+    """The mock and the gateway in front of it, on embedded stores."""
+    with (
+        running("llm_mock_server", env=MOCK_ENV) as mock,
+        running("apim_server", env=apim_env(mock.v1)) as apim,
+    ):
+        yield mock, apim
+
+
+def chat(base_url: str, count: int) -> None:
+    """``count`` small completions through the official SDK."""
+    client = openai.OpenAI(base_url=base_url, api_key="sk-monitor-test", max_retries=0)
+    with client:
+        for i in range(count):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=8
+            )
+
+
+def panels(text: str) -> tuple[str, str]:
+    """The mock's and the gateway's part of a frame."""
+    lines = text.splitlines()
+    split = next(i for i, line in enumerate(lines) if " Gateway " in line)
+    return "\n".join(lines[:split]), "\n".join(lines[split:])
+
+
+def assert_limits_shown(panel: str, status: dict[str, Any]) -> None:
+    for name, entry in status["limits"].items():
+        line = row(panel, name.upper())
+        if entry["limit"]:
+            assert f"{entry['used']:,} / {entry['limit']:,}" in line
+            assert f"{entry['used'] / entry['limit'] * 100:.1f}%" in line
+            assert f"{entry['remaining']:,}" in line
+        else:
+            assert "no limit" in line
+
+
+def test_once_shows_the_figures_that_status_reports(stack: tuple[Service, Service]) -> None:
+    mock, apim = stack
+    chat(apim.v1, 3)
+    mock_status, apim_status = mock.status(), apim.status()
+    assert apim_status["limits"]["rpm"]["used"] >= 3  # the traffic is there to be shown
+
+    result = monitor_cli("--once", "--mock-url", mock.url, "--apim-url", apim.url)
+    assert result.returncode == 0, result.stderr
+    mock_panel, apim_panel = panels(result.stdout)
+    assert "UP" in mock_panel
+    assert "DOWN" not in result.stdout
+    assert_limits_shown(mock_panel, mock_status)
+    assert_limits_shown(apim_panel, apim_status)
+    assert "RPD" in mock_panel  # a limit of 0 still has its row, marked "no limit"
+    assert f"requests {mock_status['totals']['requests']:,} " in mock_panel
+    assert f"rate-limited (429) {mock_status['totals']['rate_limited']:,} " in mock_panel
+    assert f"requests {apim_status['totals']['requests']:,} " in apim_panel
+    assert f"queue depth {apim_status['queue']['depth']} " in apim_panel
+    assert f"in flight {apim_status['queue']['in_flight']} " in apim_panel
+
+
+def stable(status: dict[str, Any]) -> dict[str, Any]:
+    """What does not move while nothing is sent: limits without their countdowns, totals."""
+    limits = {
+        name: {k: v for k, v in entry.items() if k != "reset_s"} for name, entry in status["limits"].items()
+    }
+    return {
+        "service": status["service"],
+        "store": status["store"],
+        "limits": limits,
+        "totals": status["totals"],
+    }
+
+
+def test_json_is_both_statuses_combined(stack: tuple[Service, Service]) -> None:
+    mock, apim = stack
+    chat(apim.v1, 2)
+    result = monitor_cli("--json", "--mock-url", mock.url, "--apim-url", apim.url)
+    assert result.returncode == 0, result.stderr
+    combined = json.loads(result.stdout)
+    assert combined["mock"]["up"] is True
+    assert combined["apim"]["up"] is True
+    assert combined["mock"]["url"] == mock.url
+    assert stable(combined["mock"]["status"]) == stable(mock.status())
+    assert stable(combined["apim"]["status"]) == stable(apim.status())
+    # --once --json is the same thing.
+    again = json.loads(monitor_cli("--once", "--json", "--mock-url", mock.url, "--apim-url", apim.url).stdout)
+    assert stable(again["apim"]["status"]) == stable(combined["apim"]["status"])
+
+
+async def test_the_admitted_rate_history_follows_the_traffic(stack: tuple[Service, Service]) -> None:
+    mock, apim = stack
+    async with StatusClient(mock.url, apim.url) as client:
+        monitor = Monitor(client, interval=1.0)
+        first = text_of(await monitor.refresh())
+        assert "builds up while the monitor runs" in first
+        await asyncio.to_thread(chat, apim.v1, 3)
+        second = text_of(await monitor.refresh())
+        await asyncio.sleep(0.05)
+        third = text_of(await monitor.refresh())
+    rates = monitor.history.rates()
+    assert len(rates) == 2
+    assert rates[0] is not None and rates[0] > 0
+    assert rates[1] == 0
+    line = next(line for line in second.splitlines() if "admitted/min history" in line)
+    assert "█" in line  # the only rate so far is the peak
+    line = next(line for line in third.splitlines() if "admitted/min history" in line)
+    assert "now 0," in line
+
+
+async def test_a_service_that_comes_up_later_shows_up_on_the_next_refresh() -> None:
+    port = free_port()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    async with StatusClient(f"http://127.0.0.1:{port}", nowhere) as client:
+        monitor = Monitor(client, interval=1.0)
+        mock_panel, _ = panels(text_of(await monitor.refresh()))
+        assert "DOWN: connection refused" in mock_panel
+        with running("llm_mock_server", env=MOCK_ENV, port=port):
+            mock_panel, apim_panel = panels(text_of(await monitor.refresh()))
+            assert "DOWN" not in mock_panel
+            assert "UP" in mock_panel
+            assert "0 / 500" in row(mock_panel, "RPM")
+            assert "DOWN: connection refused" in apim_panel
+        mock_panel, _ = panels(text_of(await monitor.refresh()))
+        assert "DOWN" in mock_panel
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_ctrl_c_exits_cleanly_and_restores_the_terminal() -> None:
+    import pty  # noqa: PLC0415 - POSIX only
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    master, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "--interval", "0.2", "--mock-url", nowhere, "--apim-url", nowhere],
+        stdin=child,
+        stdout=child,
+        stderr=subprocess.PIPE,
+    )
+    os.close(child)
+    output = bytearray()
+    frame_seen = threading.Event()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+            if b"retrying every" in output:
+                frame_seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert frame_seen.wait(30), bytes(output)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    plain = bytes(output)
+    assert plain.rstrip().endswith(b"\x1b[?25h")  # the cursor Live hid is shown again
