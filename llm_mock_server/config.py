@@ -88,7 +88,7 @@ class MockSettings(BaseSettings):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
+            raise ValueError("unknown time zone") from exc
         return value
 
     @field_validator("short_window_s")

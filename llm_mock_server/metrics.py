@@ -39,8 +39,8 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "llm_mock_rate_limited",
-            "429 answers for rate limits, by the limit that bound",
-            ["limit"],
+            "429 answers for rate limits, by limit and reason (limit, too_large, forced)",
+            ["limit", "reason"],
             registry=r,
         )
         self.faults = Counter("llm_mock_faults", "Injected faults, by kind", ["fault"], registry=r)
