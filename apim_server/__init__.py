@@ -1,0 +1,1 @@
+"""The gateway: an OpenAI-compatible queue in front of a rate-limited upstream API."""

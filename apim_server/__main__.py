@@ -1,0 +1,73 @@
+"""``apim`` / ``python -m apim_server``: run the gateway with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from apim_server.app import create_app
+from apim_server.config import Settings, describe_error
+
+EXIT_BAD_SETTINGS = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="apim", description="Rate-limit gateway in front of an OpenAI-compatible API."
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8001, help="port (default 8001)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; >1 needs APIM_REDIS_URL)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"apim: {describe_error(exc)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
+    if args.workers < 1:
+        print("apim: --workers must be at least 1", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
+    if args.workers > 1 and not settings.redis_url:
+        # Each worker would keep its own budget and together send N times the upstream's limits.
+        print(
+            f"apim: --workers {args.workers} needs APIM_REDIS_URL: without Redis each worker keeps its "
+            "own budget and together they would exceed the upstream's limits "
+            "(use --workers 1, or set APIM_REDIS_URL)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_BAD_SETTINGS)
+
+    logging.basicConfig(
+        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO: our own line per request says more, once.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "server_header": False,
+    }
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+    else:
+        uvicorn.run("apim_server.app:create_app", factory=True, workers=args.workers, **common)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Instances sharing one Redis publish their queue figures there, so any ``/status`` shows the sum."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+log = logging.getLogger("apim.cluster")
+
+TTL_MS = 5000
+"""An instance that stopped publishing drops out of the sum after this long."""
+PERIOD_S = 1.0
+SUMMED = ("depth", "in_flight", "admitted", "requests")
+
+
+class Cluster:
+    """This instance's figures under ``{prefix:cluster}:instance:<id>`` (expiring), indexed by a
+    sorted set of last-publish times; all keys share one hash tag (Redis Cluster safe)."""
+
+    def __init__(
+        self, redis: Redis | None, prefix: str, instance_id: str, figures: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.redis = redis
+        self.instance_id = instance_id
+        self.figures = figures
+        tag = f"{{{prefix}:cluster}}"
+        self._index = f"{tag}:instances"
+        self._prefix = f"{tag}:instance:"
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.redis is not None:
+            self._task = asyncio.get_running_loop().create_task(self._publish_forever(), name="apim-cluster")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self.redis is not None:
+            try:
+                await (
+                    self.redis.pipeline(transaction=False)
+                    .delete(self._prefix + self.instance_id)
+                    .zrem(self._index, self.instance_id)
+                    .execute()
+                )
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                log.debug("could not withdraw this instance from the cluster view")
+
+    async def publish(self) -> None:
+        assert self.redis is not None
+        now_ms = int(time.time() * 1000)
+        payload = json.dumps(self.figures(), separators=(",", ":"))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self._prefix + self.instance_id, payload, px=TTL_MS)
+        pipe.zadd(self._index, {self.instance_id: now_ms})
+        pipe.zremrangebyscore(self._index, "-inf", now_ms - TTL_MS)
+        pipe.pexpire(self._index, TTL_MS * 12)
+        await pipe.execute()
+
+    async def view(self) -> dict[str, Any]:
+        """``{"instances": N, "depth": sum, "in_flight": sum, ...}`` over live instances."""
+        own = self.figures()
+        if self.redis is None:
+            return {"instances": 1, **{k: own.get(k, 0) for k in SUMMED}}
+        now_ms = int(time.time() * 1000)
+        ids = [
+            i.decode() if isinstance(i, bytes) else str(i)
+            for i in await self.redis.zrangebyscore(self._index, now_ms - TTL_MS, "+inf")
+        ]
+        others = [i for i in ids if i != self.instance_id]
+        rows = [own]
+        if others:
+            for raw in await self.redis.mget([self._prefix + i for i in others]):
+                if raw is not None:
+                    rows.append(json.loads(raw))
+        return {"instances": len(rows), **{k: sum(r.get(k, 0) for r in rows) for k in SUMMED}}
+
+    async def _publish_forever(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.publish()
+                failing = False
+            except Exception:
+                if not failing:
+                    log.warning("could not publish this instance's figures to Redis", exc_info=True)
+                failing = True
+            await asyncio.sleep(PERIOD_S)

@@ -1,0 +1,158 @@
+"""The gateway's settings: environment variables prefixed ``APIM_``, then ``.env``."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ratelimit.cost import CostRule
+from ratelimit.limits import Limits
+
+ENV_PREFIX = "APIM_"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told, besides ``--host``, ``--port`` and ``--workers``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    upstream_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        description="Base URL of the upstream OpenAI-compatible API (ends before `/chat/completions`).",
+    )
+    upstream_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer key sent to the upstream (empty = forward the caller's Authorization).",
+    )
+    rpm_limit: int = Field(60, ge=0, description="The upstream's requests per minute (0 = no limit).")
+    tpm_limit: int = Field(60_000, ge=0, description="The upstream's tokens per minute (0 = no limit).")
+    rpd_limit: int = Field(10_000, ge=0, description="The upstream's requests per day (0 = no limit).")
+    tpd_limit: int = Field(2_000_000, ge=0, description="The upstream's tokens per day (0 = no limit).")
+    daily_reset_tz: str = Field("UTC", description="Time zone whose midnight resets the daily limits.")
+    redis_url: str = Field(
+        "", description="Redis URL shared by several gateway instances (empty = embedded in-process store)."
+    )
+    redis_prefix: str = Field("apim", min_length=1, description="Key prefix of the gateway's keys in Redis.")
+    queue_timeout_s: float = Field(
+        300, gt=0, description="Longest wait in the queue; then 504 `queue_timeout` (no budget used)."
+    )
+    max_queue: int = Field(10_000, ge=1, description="Requests that may wait at once; beyond, 429 at once.")
+    max_concurrency: int = Field(
+        256, ge=1, description="Requests forwarded upstream at once (also the keep-alive pool size)."
+    )
+    window_margin_ms: int = Field(
+        500,
+        ge=0,
+        description="Added to every sliding window so that jitter between our admission and the "
+        "upstream's clock never makes the upstream see more than its limit.",
+    )
+    short_window_s: int = Field(
+        0,
+        ge=0,
+        description="Pace RPM over sub-windows of this many seconds, for upstreams that enforce them "
+        "as Azure OpenAI does (1 or 10; 0 = off).",
+    )
+    cost_rule: CostRule = Field(
+        CostRule.SUM,
+        description="Tokens charged at admission: `sum` = prompt + max tokens (Azure), "
+        "`max` = the larger of max tokens and a character estimate (OpenAI's guide). Match the upstream.",
+    )
+    default_max_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Max tokens assumed in the cost of a request that sets none (match the upstream).",
+    )
+    refund_unused: bool = Field(
+        False,
+        description="Refund unused estimate after the answer (only for upstreams that bill actual usage).",
+    )
+    upstream_retries: int = Field(
+        2,
+        ge=0,
+        description="Retries of an upstream connect error or 5xx, with exponential backoff and jitter.",
+    )
+    upstream_timeout_s: float = Field(
+        600, gt=0, description="Longest wait for upstream data (connect, each read, pool)."
+    )
+    shutdown_timeout_s: float = Field(
+        30, gt=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted (413 above).")
+    log_requests: bool = Field(
+        True, description="Log one line per chat request (id, model, tokens, ms, status)."
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("daily_reset_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("short_window_s")
+    @classmethod
+    def _divides_minute(cls, value: int) -> int:
+        if value and 60 % value:
+            raise ValueError("must divide 60 (1, 10, ...)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return value.lower()
+
+    def limits(self) -> Limits:
+        return Limits(
+            rpm=self.rpm_limit,
+            tpm=self.tpm_limit,
+            rpd=self.rpd_limit,
+            tpd=self.tpd_limit,
+            daily_reset_tz=self.daily_reset_tz,
+            short_window_s=self.short_window_s,
+            margin_ms=self.window_margin_ms,
+        )
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming each bad setting, for the console at start."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ())]
+        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        value = error.get("input")
+        shown = f" (got {value!r})" if loc and not isinstance(value, dict) else ""
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{name}: {message}{shown}" if loc else message)
+    return "invalid setting " + "; ".join(parts)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) of every setting, for the README."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        elif isinstance(default, CostRule):
+            default = default.value
+        rows.append((f"{ENV_PREFIX}{name.upper()}", str(default), field.description or ""))
+    return rows

@@ -1,0 +1,243 @@
+"""Admission in queue order through the shared limiter; forwarding is left to each request.
+
+One task runs ``Dispatcher.run``: it takes the head of the queue, reserves a concurrency
+slot, asks the limiter, and either grants the ticket (its request then forwards on its own
+coroutine, so admission never waits on a response) or sleeps exactly as long as the
+limiter says, waking early when the head changes, a slot frees, or admission pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from apim_server.queue import Priority, QueueFull, State, Ticket, TicketQueue
+from ratelimit.limiter import Limiter
+from ratelimit.limits import Decision
+
+log = logging.getLogger("apim.dispatcher")
+
+STORE_RETRY_S = 0.5
+"""Pause after a store error (Redis down) before asking again; requests keep waiting."""
+
+
+class Closed(Exception):
+    """The gateway is shutting down: the ticket will never be admitted."""
+
+
+class Wakeup:
+    """A one-waiter event with an optional timeout, cheaper than ``wait_for(event.wait())``.
+
+    A ``set`` while nobody waits is remembered, so no wake-up is ever lost.
+    """
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending = False
+
+    def set(self) -> None:
+        self._pending = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, seconds: float | None = None) -> None:
+        """Until ``set`` or ``seconds`` pass (forever if None)."""
+        if self._pending:
+            self._pending = False
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, waiter) if seconds is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            self._pending = False
+            if timer is not None:
+                timer.cancel()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Dispatcher:
+    """Admits queued tickets one at a time, in order, as fast as the budget allows."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        key: str,
+        queue: TicketQueue,
+        max_concurrency: int,
+        on_admit: Callable[[Ticket, Decision], None] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.key = key
+        self.queue = queue
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+        self.paused_until = 0.0  # monotonic
+        self.last_decision: Decision | None = None
+        self.closed = False
+        self._on_admit = on_admit
+        self._wake = Wakeup()
+        self._idle = False  # waiting for an arrival
+        self._want_slot = False  # waiting for a forwarded request to end
+        self._watching: Ticket | None = None  # the denied head it sleeps for
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the request side ---------------------------------------------------------------
+
+    def submit(self, ticket: Ticket) -> None:
+        """Queue a new request; QueueFull or Closed if it cannot wait here."""
+        if self.closed:
+            raise Closed
+        self.queue.push(ticket)
+        watching = self._watching
+        if self._idle or (watching is not None and ticket.priority < watching.priority):
+            self._wake.set()
+
+    def requeue(self, ticket: Ticket) -> None:
+        """Put a request back at the head of its class (upstream 429, retry)."""
+        if self.closed:
+            raise Closed
+        self.queue.push_front(ticket)
+        watching = self._watching
+        if self._idle or (watching is not None and ticket.priority <= watching.priority):
+            self._wake.set()
+
+    def cancel(self, ticket: Ticket) -> bool:
+        """Withdraw a waiting ticket (caller gone, timed out); False if it was granted meanwhile."""
+        if ticket.state is State.GRANTED:
+            return False
+        if self.queue.leave(ticket, State.CANCELLED) and ticket is self._watching:
+            self._wake.set()
+        return True
+
+    def release(self) -> None:
+        """A granted request is done with its slot (answered, failed, or abandoned)."""
+        self.in_flight -= 1
+        if self._want_slot:
+            self._wake.set()
+
+    def pause(self, seconds: float) -> None:
+        """Admit nothing for ``seconds`` (the upstream said so); extends, never shortens."""
+        until = time.monotonic() + seconds
+        if until > self.paused_until:
+            self.paused_until = until
+            self._wake.set()
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self.paused_until - time.monotonic())
+
+    def expected_wait_ms(self) -> int:
+        """A hint for ``retry-after`` on a full queue: the head's wait, or the pause."""
+        wait = self.paused_for * 1000
+        if self.last_decision is not None and not self.last_decision.allowed:
+            wait = max(wait, self.last_decision.wait_ms)
+        return int(wait)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="apim-dispatcher")
+
+    def close(self) -> list[Ticket]:
+        """Stop admitting; every waiting ticket's future fails with Closed. Returns them."""
+        self.closed = True
+        drained = self.queue.drain()
+        for ticket in drained:
+            if ticket.future is not None and not ticket.future.done():
+                ticket.future.set_exception(Closed())
+        self._wake.set()
+        return drained
+
+    async def stop(self) -> None:
+        if not self.closed:
+            self.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self.closed:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher step failed; retrying")
+                await self._wake.wait(STORE_RETRY_S)
+
+    async def _step(self) -> None:
+        if self.in_flight >= self.max_concurrency:
+            # Reserve the slot before admission: budget is never spent on what cannot be sent.
+            self._want_slot = True
+            await self._wake.wait()
+            self._want_slot = False
+            return
+        head = self.queue.head()
+        if head is None:
+            self._idle = True
+            await self._wake.wait()
+            self._idle = False
+            return
+        paused = self.paused_until - time.monotonic()
+        if paused > 0:
+            await self._wake.wait(paused)
+            return
+
+        head.state = State.ADMITTING
+        try:
+            decision = await self.limiter.acquire(self.key, head.cost)
+        except Exception:
+            if head.state is State.ADMITTING:
+                head.state = State.QUEUED
+            log.exception("limiter store error; admission retries in %.1fs", STORE_RETRY_S)
+            await self._wake.wait(STORE_RETRY_S)
+            return
+        self.last_decision = decision
+
+        if head.state is not State.ADMITTING:
+            # The caller left (or shutdown began) during the store round trip.
+            if decision.allowed:
+                await self.return_tokens(head, decision)
+            return
+        if decision.allowed:
+            self.queue.leave(head, State.GRANTED)
+            self.in_flight += 1
+            head.decision = decision
+            if self._on_admit is not None:
+                self._on_admit(head, decision)
+            assert head.future is not None
+            head.future.set_result(decision)
+            return
+
+        head.state = State.QUEUED
+        self._watching = head
+        try:
+            await self._wake.wait(max(decision.wait_ms, 1) / 1000)
+        finally:
+            self._watching = None
+
+    async def return_tokens(self, ticket: Ticket, decision: Decision) -> None:
+        """An admission that will not be sent: give its tokens back (the request stays counted)."""
+        if ticket.cost.tokens <= 0:
+            return
+        try:
+            await self.limiter.refund(self.key, ticket.cost.tokens, decision.now_ms)
+        except Exception:
+            log.exception("could not return the tokens of an abandoned admission")
+
+
+__all__ = ["Closed", "Dispatcher", "Priority", "QueueFull", "Ticket", "TicketQueue", "Wakeup"]

@@ -1,0 +1,146 @@
+"""The parts of one gateway instance, wired together, with their start and stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from apim_server.accounting import Accounting
+from apim_server.cluster import Cluster
+from apim_server.config import Settings
+from apim_server.dispatcher import Dispatcher
+from apim_server.metrics import Metrics
+from apim_server.queue import Ticket, TicketQueue
+from apim_server.upstream import Upstream
+from ratelimit.cost import CostEstimator
+from ratelimit.limiter import Limiter, open_store
+from ratelimit.limits import Decision
+from ratelimit.redis_store import RedisStore
+from ratelimit.store import Store
+from ratelimit.tokens import encoding
+
+log = logging.getLogger("apim")
+
+READY_CACHE_S = 2.0
+
+
+def budget_key(upstream_url: str) -> str:
+    """One budget per upstream: every instance naming the same upstream on one Redis shares it."""
+    parts = urlsplit(upstream_url)
+    return f"upstream:{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+
+
+def redacted(url: str) -> str:
+    """A URL without its password, for the log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class Gateway:
+    """Settings, limiter, queue, dispatcher, upstream client, metrics: one instance's state."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.redis_url, settings.redis_prefix)
+        self.limiter = Limiter(settings.limits(), self.store)
+        self.key = budget_key(settings.upstream_url)
+        self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens)
+        self.metrics = Metrics()
+        self.queue = TicketQueue(settings.max_queue)
+        self.dispatcher = Dispatcher(
+            self.limiter, self.key, self.queue, settings.max_concurrency, on_admit=self._on_admit
+        )
+        self.upstream = Upstream(
+            settings.upstream_url,
+            settings.upstream_api_key.get_secret_value(),
+            settings.max_concurrency,
+            settings.upstream_timeout_s,
+        )
+        self.accounting = Accounting(
+            self.limiter, self.key, settings.refund_unused, self.metrics, self.dispatcher
+        )
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        redis = self.store.redis if isinstance(self.store, RedisStore) else None
+        self.cluster = Cluster(redis, settings.redis_prefix, self.instance_id, self.figures)
+        self.metrics.bind(
+            depth=lambda: self.queue.depth,
+            in_flight=lambda: self.dispatcher.in_flight,
+            paused=lambda: self.dispatcher.paused_for,
+            latest=lambda: self.dispatcher.last_decision,
+        )
+        self.closing = False
+        self.started_at = time.time()
+        self._ready: tuple[float, dict[str, bool]] | None = None
+
+    def _on_admit(self, ticket: Ticket, decision: Decision) -> None:
+        self.metrics.admitted(ticket.cost.tokens)
+
+    async def start(self) -> None:
+        if isinstance(self.store, RedisStore):
+            log.info(
+                "limiter store: redis at %s (prefix %s), budget %s",
+                redacted(self.settings.redis_url),
+                self.settings.redis_prefix,
+                self.key,
+            )
+        else:
+            log.info("limiter store: embedded (in-process, this instance only), budget %s", self.key)
+        # Load the token encodings now: the first request should not pay for it.
+        for name in ("o200k_base", "cl100k_base"):
+            encoding(name)
+        self.dispatcher.start()
+        self.cluster.start()
+
+    def begin_shutdown(self) -> None:
+        """Stop taking requests and answer every queued one now; in-flight ones finish."""
+        if self.closing:
+            return
+        self.closing = True
+        drained = self.dispatcher.close()
+        log.info(
+            "shutting down: %d queued request(s) answered 503, %d in flight finishing",
+            len(drained),
+            self.dispatcher.in_flight,
+        )
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        await self.dispatcher.stop()
+        await self.cluster.stop()
+        await self.upstream.close()
+        await self.store.close()
+
+    def figures(self) -> dict[str, Any]:
+        """This instance's queue figures (also what it publishes to the cluster view)."""
+        oldest = self.queue.oldest_arrival()
+        return {
+            "depth": self.queue.depth,
+            "in_flight": self.dispatcher.in_flight,
+            "oldest_wait_s": round(time.monotonic() - oldest, 3) if oldest is not None else 0.0,
+            "admitted": self.metrics.total_admitted,
+            "requests": self.metrics.total_requests,
+        }
+
+    async def readiness(self) -> dict[str, bool]:
+        """Store ping and upstream reachability, cached briefly so probes cost nothing."""
+        now = time.monotonic()
+        if self._ready is not None and now - self._ready[0] < READY_CACHE_S:
+            return self._ready[1]
+        store_ok = await self.store.ping()
+        try:
+            headers = self.upstream.headers((), "readyz")
+            upstream_ok = (await self.upstream.models(headers, limit_s=1.0)).status_code < 500
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            upstream_ok = False
+        result = {"store": store_ok, "upstream": upstream_ok}
+        self._ready = (now, result)
+        return result

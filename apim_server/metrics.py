@@ -1,0 +1,184 @@
+"""What the gateway counts: Prometheus metrics for ``/metrics`` and rolling figures for ``/status``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ratelimit.limiter import status_limits
+from ratelimit.limits import Decision
+
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_ERROR_BUCKETS = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000, 10_000, 100_000)
+
+
+class RollingMinute:
+    """Events in the last 60 s, in one-second buckets: O(1) to add and to read."""
+
+    def __init__(self) -> None:
+        self._counts = [0] * 60
+        self._stamps = [-1] * 60
+
+    def add(self, n: int = 1) -> None:
+        second = int(time.monotonic())
+        i = second % 60
+        if self._stamps[i] != second:
+            self._stamps[i] = second
+            self._counts[i] = 0
+        self._counts[i] += n
+
+    def total(self) -> int:
+        now = int(time.monotonic())
+        return sum(c for c, s in zip(self._counts, self._stamps, strict=True) if now - s < 60)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class _Remaining(Collector):
+    """``apim_budget_remaining{limit}`` from the latest limiter decision, read at scrape time."""
+
+    def __init__(self, latest: Callable[[], Decision | None]) -> None:
+        self._latest = latest
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "apim_budget_remaining", "Budget left per limit, as of the latest admission", labels=["limit"]
+        )
+        decision = self._latest()
+        if decision is not None:
+            for name, view in status_limits(decision).items():
+                family.add_metric([name], float(view["remaining"]))
+        yield family
+
+
+class Metrics:
+    """Every counter the gateway keeps, in a registry of its own (several apps per process in tests)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "apim_requests", "Chat requests answered, by HTTP status", ["status"], registry=r
+        )
+        self.admissions = Counter(
+            "apim_admissions", "Admissions granted by the limiter (every attempt)", registry=r
+        )
+        self.upstream_responses = Counter(
+            "apim_upstream_responses",
+            "Upstream answers by HTTP status (`error` = no answer: connect error, reset)",
+            ["status"],
+            registry=r,
+        )
+        self.upstream_rate_limited = Counter(
+            "apim_upstream_rate_limited", "Upstream 429s that paused admission and requeued", registry=r
+        )
+        self.tokens_charged = Counter(
+            "apim_tokens_charged",
+            "Tokens charged to the budget: `estimate` at admission, `excess` of usage over it",
+            ["kind"],
+            registry=r,
+        )
+        self.tokens_refunded = Counter(
+            "apim_tokens_refunded",
+            "Tokens returned to the budget: `unused` estimate (refund mode), `abandoned` admissions",
+            ["kind"],
+            registry=r,
+        )
+        self.tokens_used = Counter("apim_tokens_used", "Tokens the upstream reported as usage", registry=r)
+        self.estimate_error = Histogram(
+            "apim_estimate_error_tokens",
+            "Estimate minus actual usage per answered request (tokens)",
+            buckets=TOKEN_ERROR_BUCKETS,
+            registry=r,
+        )
+        self.drift = Gauge(
+            "apim_budget_drift",
+            "Upstream x-ratelimit-remaining minus ours at admission, latest answer (>0: we are stricter)",
+            ["limit"],
+            registry=r,
+        )
+        self.drift_pauses = Counter(
+            "apim_drift_pauses",
+            "Pauses because the upstream reported 0 remaining while we had budget left",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "apim_queue_wait_seconds", "Time a request waited in the queue", buckets=WAIT_BUCKETS, registry=r
+        )
+        self.upstream_latency = Histogram(
+            "apim_upstream_latency_seconds",
+            "Upstream time of one attempt, to the end of its body or stream",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("apim_queue_depth", "Requests waiting for admission", registry=r)
+        self.in_flight = Gauge("apim_in_flight", "Requests forwarded and not yet answered", registry=r)
+        self.paused = Gauge("apim_admission_paused_seconds", "How long admission stays paused", registry=r)
+        self._status_children: dict[int, Counter] = {}
+        self._upstream_children: dict[int | str, Counter] = {}
+
+        # Rolling figures for /status.
+        self.total_requests = 0
+        self.total_rate_limited = 0
+        self.total_errors = 0
+        self.total_admitted = 0
+        self.total_upstream_429 = 0
+        self.admitted_minute = RollingMinute()
+        self.recent_waits: deque[float] = deque(maxlen=4096)
+
+    def bind(
+        self,
+        depth: Callable[[], float],
+        in_flight: Callable[[], float],
+        paused: Callable[[], float],
+        latest: Callable[[], Decision | None],
+    ) -> None:
+        self.queue_depth.set_function(depth)
+        self.in_flight.set_function(in_flight)
+        self.paused.set_function(paused)
+        self.registry.register(_Remaining(latest))
+
+    def answered(self, status: int) -> None:
+        child = self._status_children.get(status)
+        if child is None:
+            child = self._status_children[status] = self.requests.labels(status=str(status))
+        child.inc()
+        self.total_requests += 1
+        if status == 429:
+            self.total_rate_limited += 1
+        elif status >= 500:
+            self.total_errors += 1
+
+    def admitted(self, tokens: int) -> None:
+        self.admissions.inc()
+        self.tokens_charged.labels(kind="estimate").inc(tokens)
+        self.total_admitted += 1
+        self.admitted_minute.add()
+
+    def upstream(self, status: int | str, seconds: float) -> None:
+        child = self._upstream_children.get(status)
+        if child is None:
+            child = self._upstream_children[status] = self.upstream_responses.labels(status=str(status))
+        child.inc()
+        self.upstream_latency.observe(seconds)
+        if status == 429:
+            self.total_upstream_429 += 1
+
+    def waited(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+        self.recent_waits.append(seconds)
+
+    def wait_percentiles(self) -> tuple[float | None, float | None]:
+        waits = list(self.recent_waits)
+        return percentile(waits, 0.5), percentile(waits, 0.99)

@@ -1,0 +1,79 @@
+"""Reading an SSE stream as it passes: the usage it ends with, and that chunk's removal."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+
+
+class UsageTap:
+    """Cuts the byte stream at frame boundaries, notes a non-null ``usage``, and drops the
+    usage-only chunk when the caller did not ask for it (the gateway always asks upstream).
+
+    Only frames that carry a usage object are parsed; the rest pass as bytes.
+    """
+
+    __slots__ = ("_buf", "_sep", "strip", "usage")
+
+    def __init__(self, strip: bool) -> None:
+        self.strip = strip
+        self.usage: dict[str, Any] | None = None
+        self._buf = b""
+        self._sep = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete frames now available (possibly empty); a partial frame waits."""
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._sep:
+            if b"\r\n\r\n" in buf:
+                self._sep = b"\r\n\r\n"
+            elif b"\n\n" in buf:
+                self._sep = b"\n\n"
+            else:
+                self._buf = buf
+                return b""
+        end = buf.rfind(self._sep)
+        if end < 0:
+            self._buf = buf
+            return b""
+        end += len(self._sep)
+        complete, self._buf = buf[:end], buf[end:]
+        if _USAGE.search(complete) is None:
+            return complete
+        return self._frames(complete)
+
+    def flush(self) -> bytes:
+        """Whatever is left when the upstream ends (a stream without a final separator)."""
+        rest, self._buf = self._buf, b""
+        if rest and _USAGE.search(rest):
+            self._note(rest)
+        return rest
+
+    def _frames(self, complete: bytes) -> bytes:
+        out = []
+        sep = self._sep
+        for frame in complete.split(sep):
+            if not frame:
+                continue
+            if _USAGE.search(frame) is not None:
+                payload = self._note(frame)
+                if self.strip and payload is not None and not payload.get("choices"):
+                    continue
+            out.append(frame + sep)
+        return b"".join(out)
+
+    def _note(self, frame: bytes) -> dict[str, Any] | None:
+        for line in frame.splitlines():
+            if line.startswith(b"data:"):
+                try:
+                    payload = json.loads(line[5:])
+                except ValueError:
+                    return None
+                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                    self.usage = payload["usage"]
+                    return payload
+                return None
+        return None

@@ -1,0 +1,146 @@
+"""The dispatcher with an embedded store: order, waiting, slots, cancels, pauses.
+
+The same behaviours are covered end to end (real processes) in test_apim_e2e*.py; these
+pin down the orderings that are hard to observe from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from apim_server.dispatcher import Closed, Dispatcher, Wakeup
+from apim_server.queue import Priority, State, Ticket, TicketQueue
+from ratelimit.embedded import EmbeddedStore
+from ratelimit.limiter import Limiter
+from ratelimit.limits import Cost, Limits
+
+KEY = "upstream:test"
+
+
+def make(limits: Limits, concurrency: int = 10) -> Dispatcher:
+    return Dispatcher(Limiter(limits, EmbeddedStore()), KEY, TicketQueue(100), concurrency)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[Dispatcher]]:
+    started: list[Dispatcher] = []
+    yield started
+    for d in started:
+        await d.stop()
+
+
+def start(d: Dispatcher, started: list[Dispatcher]) -> Dispatcher:
+    d.start()
+    started.append(d)
+    return d
+
+
+async def granted(t: Ticket, within: float = 2.0) -> bool:
+    assert t.future is not None
+    done, _ = await asyncio.wait((t.future,), timeout=within)
+    return bool(done)
+
+
+async def test_wakeup_is_never_lost_and_times_out() -> None:
+    wake = Wakeup()
+    wake.set()
+    await asyncio.wait_for(wake.wait(), 1)  # remembered while nobody waited
+    started = time.monotonic()
+    await wake.wait(0.05)
+    assert time.monotonic() - started >= 0.04
+
+
+async def test_admits_concurrently_up_to_the_budget_then_waits(running: list[Dispatcher]) -> None:
+    d = start(make(Limits(rpm=3)), running)
+    tickets = [Ticket(Priority.NORMAL, Cost(1, 0)) for _ in range(5)]
+    for t in tickets:
+        d.submit(t)
+    assert all([await granted(t) for t in tickets[:3]])
+    # Nothing forwarded has finished, yet three are out: admission never waits on a response.
+    assert d.in_flight == 3
+    assert not await granted(tickets[3], within=0.3)
+    assert d.queue.depth == 2
+    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 3
+
+
+async def test_the_slot_is_taken_before_admission(running: list[Dispatcher]) -> None:
+    d = start(make(Limits(rpm=100), concurrency=1), running)
+    first, second = Ticket(Priority.NORMAL, Cost(1, 5)), Ticket(Priority.NORMAL, Cost(1, 5))
+    d.submit(first)
+    d.submit(second)
+    assert await granted(first)
+    assert not await granted(second, within=0.2)
+    # The second was never charged: it cannot be sent while the only slot is busy.
+    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 1
+    d.release()
+    assert await granted(second)
+    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 2
+
+
+async def test_waits_exactly_until_the_budget_frees(running: list[Dispatcher]) -> None:
+    # A 1 s sub-window of RPM 60 admits one request per second: the second waits ~1 s, not more.
+    d = start(make(Limits(rpm=60, short_window_s=1)), running)
+    a, b = Ticket(Priority.NORMAL, Cost(1, 0)), Ticket(Priority.NORMAL, Cost(1, 0))
+    d.submit(a)
+    assert await granted(a)
+    d.submit(b)
+    assert not await granted(b, within=0.5)
+    assert await granted(b, within=2.0)
+    assert a.decision is not None and b.decision is not None
+    assert b.decision.now_ms - a.decision.now_ms >= 1000
+
+
+async def test_a_higher_priority_arrival_goes_first(running: list[Dispatcher]) -> None:
+    d = start(make(Limits(rpm=60, short_window_s=1)), running)
+    first = Ticket(Priority.NORMAL, Cost(1, 0))
+    d.submit(first)
+    assert await granted(first)
+    low, normal, high = (Ticket(p, Cost(1, 0)) for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH))
+    for t in (low, normal, high):
+        d.submit(t)
+    assert await granted(high, within=2)
+    assert not low.future.done() and not normal.future.done()  # type: ignore[union-attr]
+    assert await granted(normal, within=2)
+    assert not low.future.done()  # type: ignore[union-attr]
+    assert await granted(low, within=2)
+
+
+async def test_cancelling_the_waiting_head_lets_the_next_one_in(running: list[Dispatcher]) -> None:
+    d = start(make(Limits(tpm=100)), running)
+    fill = Ticket(Priority.NORMAL, Cost(1, 90))
+    d.submit(fill)
+    assert await granted(fill)
+    big, small = Ticket(Priority.NORMAL, Cost(1, 50)), Ticket(Priority.NORMAL, Cost(1, 10))
+    d.submit(big)
+    d.submit(small)
+    assert not await granted(small, within=0.2), "FIFO: the small one waits behind the big one"
+    assert d.cancel(big)
+    assert big.state is State.CANCELLED
+    assert await granted(small, within=1)
+    assert (await d.limiter.peek(KEY)).state("tokens/minute").used == 100
+
+
+async def test_pause_holds_admission_until_it_ends(running: list[Dispatcher]) -> None:
+    d = start(make(Limits(rpm=100)), running)
+    d.pause(0.4)
+    t = Ticket(Priority.NORMAL, Cost(1, 0))
+    d.submit(t)
+    assert not await granted(t, within=0.25)
+    assert await granted(t, within=1)
+
+
+async def test_close_fails_every_waiting_ticket(running: list[Dispatcher]) -> None:
+    d = start(make(Limits(rpm=1)), running)
+    first, queued = Ticket(Priority.NORMAL, Cost(1, 0)), Ticket(Priority.NORMAL, Cost(1, 0))
+    d.submit(first)
+    assert await granted(first)
+    d.submit(queued)
+    assert d.close() == [queued]
+    with pytest.raises(Closed):
+        await queued.future  # type: ignore[misc]
+    with pytest.raises(Closed):
+        d.submit(Ticket(Priority.NORMAL, Cost(1, 0)))
