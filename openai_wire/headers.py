@@ -10,6 +10,8 @@ from ratelimit.limits import Decision, LimitState
 def go_duration(ms: int | float) -> str:
     """Milliseconds as OpenAI writes reset times: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
     ms = max(0, math.ceil(ms))
+    if ms == 0:
+        return "0s"  # as Go writes a zero duration
     if ms < 1000:
         return f"{ms}ms"
     hours, rest = divmod(ms, 3_600_000)

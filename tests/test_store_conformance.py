@@ -249,6 +249,13 @@ async def test_day_follows_store_time_not_caller_time(store: Store) -> None:
     assert late.allowed
     assert late.state("requests/day").used == 1
     assert late.state("requests/day").reset_ms == 24 * HOUR - 1000
+    # Midnight itself belongs to the new day, whichever side the caller is on.
+    for ref in (before, midnight, after):
+        key = f"{KEY}-midnight-{ref}"
+        assert (await step(store, key, args(pol, "acquire", Cost(1, 0), midnight - 1, ref), pol)).allowed
+        at_midnight = await step(store, key, args(pol, "acquire", Cost(1, 0), midnight, ref), pol)
+        assert at_midnight.allowed
+        assert at_midnight.state("requests/day").reset_ms == 24 * HOUR
 
 
 # --- atomicity: concurrent callers never over- or under-admit -------------------------------
