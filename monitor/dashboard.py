@@ -143,7 +143,7 @@ def summed(total: float | None, here: float | None, clustered: bool) -> str:
 def gateway_lines(status: dict) -> list[Text]:
     q = readings.queue(status)
     totals = readings.totals(status)
-    return [
+    lines = [
         figures(
             [
                 ("queue depth", summed(q.cluster_depth, q.depth, q.clustered)),
@@ -159,10 +159,15 @@ def gateway_lines(status: dict) -> list[Text]:
                 ("admitted/min", format_count(q.admitted_per_min)),
                 ("answered 429", format_count(totals.rate_limited)),
                 ("upstream 429s", format_count(q.upstream_429)),
-                ("errors", format_count(q.errors)),
+                ("errors", format_count(totals.errors)),
             ]
         ),
     ]
+    if q.paused_s:
+        lines.append(
+            Text(f"admission paused for {format_duration(q.paused_s)} (the upstream said so)", "yellow")
+        )
+    return lines
 
 
 class RateLine:
@@ -204,14 +209,16 @@ def service_title(service: ServiceStatus) -> Text:
     reported = status.get("service")
     if reported and reported != EXPECTED.get(service.name, reported):
         title.append(f" answers as {reported!r}", style="bold yellow")
+    if status.get("closing") is True:
+        title.append(" shutting down", style="bold yellow")
     notes = []
     if status.get("store"):
         notes.append(f"{status['store']} store")
     if isinstance(status.get("api_key"), str):
         notes.append(f"key {status['api_key']}")
     instances = readings.number(status, "cluster.instances")
-    if instances is not None:
-        notes.append(f"{format_count(instances)} instances")
+    if instances is not None and instances > 1:
+        notes.append(f"{format_count(instances)} instances sharing the budget")
     if service.latency_ms is not None:
         notes.append(f"{service.latency_ms:.0f}ms")
     if notes:
@@ -236,7 +243,13 @@ def service_panel(
     status = service.status or {}
     parts: list[RenderableType] = []
     items = readings.limits(status)
-    parts.append(limits_table(items) if items else Text("no limits reported", style="dim"))
+    problem = readings.limits_error(status)
+    if items:
+        parts.append(limits_table(items))
+    elif problem:
+        parts.append(Text(f"limits unknown: {problem}", style="bold red"))
+    else:
+        parts.append(Text("no limits reported", style="dim"))
     if service.name == "apim":
         parts.extend(gateway_lines(status))
         parts.append(RateLine(history, now))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 GAP = " "
@@ -13,27 +13,29 @@ GAP = " "
 class RateHistory:
     """Per-interval rates (per minute) of a counter that only grows, sampled on every refresh.
 
-    A sample of ``None`` (the service was down) leaves a gap, and a counter that went down
-    (the service restarted) starts over from the new value instead of showing a negative rate.
+    A sample of ``None`` (the service was down) leaves a gap. A counter that went down, or whose
+    ``source`` changed (a restart, an instance joining the sum), starts over from its new value:
+    that jump is not traffic.
     """
 
     def __init__(self, span_s: float = 300.0) -> None:
         self.span_s = span_s
-        self._last: tuple[float, float] | None = None
+        self._last: tuple[float, float, Hashable] | None = None
         # (time, rate per minute or None for a gap), oldest first.
         self._rates: deque[tuple[float, float | None]] = deque()
 
-    def sample(self, at: float, counter: float | None) -> None:
+    def sample(self, at: float, counter: float | None, source: Hashable = None) -> None:
         if counter is None:
             if self._last is not None:
                 self._rates.append((at, None))
             self._last = None
         else:
             last = self._last
-            self._last = (at, counter)
+            self._last = (at, counter, source)
             if last is not None and at > last[0]:
                 delta = counter - last[1]
-                self._rates.append((at, delta * 60 / (at - last[0]) if delta >= 0 else None))
+                same = delta >= 0 and source == last[2]
+                self._rates.append((at, delta * 60 / (at - last[0]) if same else None))
         while self._rates and self._rates[0][0] < at - self.span_s:
             self._rates.popleft()
 

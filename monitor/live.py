@@ -26,8 +26,12 @@ class Monitor:
     async def refresh(self) -> RenderableType:
         snapshot = await self.client.snapshot()
         self.last = snapshot
-        counter = readings.admitted_total(snapshot.apim.status) if snapshot.apim.status else None
-        self.history.sample(snapshot.taken_at, counter)
+        status = snapshot.apim.status
+        if status is None:
+            self.history.sample(snapshot.taken_at, None)
+        else:
+            counter = readings.admitted_total(status)
+            self.history.sample(snapshot.taken_at, counter, readings.counter_source(status))
         return render(snapshot, self.history, self.interval)
 
 

@@ -31,15 +31,6 @@ def number(data: Any, *paths: str) -> float | None:
     return None
 
 
-def seconds(data: Any, *paths: str) -> float | None:
-    """The first of ``paths`` holding a duration; paths ending in ``_ms`` are milliseconds."""
-    for path in paths:
-        value = number(data, path)
-        if value is not None:
-            return value / 1000 if path.endswith("_ms") else value
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class LimitReading:
     """One limit: ``limit`` 0 means no limit."""
@@ -59,6 +50,12 @@ class LimitReading:
         return 0.0 if self.unlimited else self.used / self.limit
 
 
+def limits_error(status: dict[str, Any]) -> str | None:
+    """Why a service could not read its limits (its store is down), when it says so."""
+    error = dig(status, "limits.error")
+    return error if isinstance(error, str) else None
+
+
 def limits(status: dict[str, Any]) -> list[LimitReading]:
     raw = status.get("limits")
     if not isinstance(raw, dict):
@@ -75,7 +72,7 @@ def limits(status: dict[str, Any]) -> list[LimitReading]:
                 limit=number(entry, "limit") or 0,
                 used=number(entry, "used") or 0,
                 remaining=number(entry, "remaining"),
-                reset_s=seconds(entry, "reset_s", "reset_ms"),
+                reset_s=number(entry, "reset_s"),
             )
         )
     return out
@@ -109,52 +106,27 @@ class Queue:
     wait_p99_s: float | None
     admitted_per_min: float | None
     upstream_429: float | None
-    errors: float | None
-    admitted_total: float | None
-    instances: float | None = None
-    cluster_depth: float | None = None
-    cluster_in_flight: float | None = None
+    paused_s: float | None
+    instances: float | None
+    cluster_depth: float | None
+    cluster_in_flight: float | None
 
     @property
     def clustered(self) -> bool:
-        return self.instances is not None
+        """Several instances share one budget (one instance reports itself as a cluster of one)."""
+        return (self.instances or 0) > 1
 
 
 def queue(status: dict[str, Any]) -> Queue:
     return Queue(
         depth=number(status, "queue.depth"),
         in_flight=number(status, "queue.in_flight"),
-        oldest_wait_s=seconds(
-            status,
-            "cluster.oldest_wait_s",
-            "cluster.oldest_wait_ms",
-            "queue.oldest_wait_s",
-            "queue.oldest_wait_ms",
-        ),
-        wait_p50_s=seconds(
-            status,
-            "queue.wait_p50_s",
-            "queue.wait_p50_ms",
-            "queue_wait.p50_s",
-            "queue_wait.p50_ms",
-            "latency.queue_wait_p50_s",
-            "latency.queue_wait_p50_ms",
-        ),
-        wait_p99_s=seconds(
-            status,
-            "queue.wait_p99_s",
-            "queue.wait_p99_ms",
-            "queue_wait.p99_s",
-            "queue_wait.p99_ms",
-            "latency.queue_wait_p99_s",
-            "latency.queue_wait_p99_ms",
-        ),
-        admitted_per_min=number(
-            status, "admitted_per_min", "queue.admitted_per_min", "totals.admitted_per_min"
-        ),
-        upstream_429=number(status, "totals.upstream_429", "upstream.rate_limited", "upstream.429"),
-        errors=number(status, "totals.errors"),
-        admitted_total=admitted_total(status),
+        oldest_wait_s=number(status, "queue.oldest_wait_s"),
+        wait_p50_s=number(status, "queue.wait_p50_s"),
+        wait_p99_s=number(status, "queue.wait_p99_s"),
+        admitted_per_min=number(status, "admitted_per_min"),
+        upstream_429=number(status, "totals.upstream_429"),
+        paused_s=number(status, "paused_s"),
         instances=number(status, "cluster.instances"),
         cluster_depth=number(status, "cluster.depth"),
         cluster_in_flight=number(status, "cluster.in_flight"),
@@ -162,5 +134,11 @@ def queue(status: dict[str, Any]) -> Queue:
 
 
 def admitted_total(status: dict[str, Any]) -> float | None:
-    """The counter the admitted-rate history samples: cluster-wide when the gateway reports one."""
-    return number(status, "cluster.admitted", "totals.admitted", "totals.requests")
+    """The counter the admitted-rate history samples: the cluster's sum when instances share Redis."""
+    return number(status, "cluster.admitted", "totals.admitted")
+
+
+def counter_source(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What the admitted counter is a sum over: when it changes (a restart, an instance joining or
+    leaving the cluster) the counter jumps, and that jump is not traffic."""
+    return (status.get("instance"), number(status, "cluster.instances"))

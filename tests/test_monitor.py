@@ -54,8 +54,12 @@ def gateway_status(**extra: Any) -> dict[str, Any]:
             "rpd": {"limit": 0, "used": 120, "remaining": 0, "reset_s": 0},
             "tpd": {"limit": 1_000_000, "used": 950_000, "remaining": 50_000, "reset_s": 7_380},
         },
-        "totals": {"requests": 120, "rate_limited": 2, "errors": 1},
-        "queue": {"depth": 4, "in_flight": 2, "oldest_wait_s": 1.3},
+        "instance": "a1",
+        "totals": {"requests": 120, "rate_limited": 2, "errors": 1, "admitted": 118, "upstream_429": 0},
+        "queue": {"depth": 4, "in_flight": 2, "oldest_wait_s": 1.3, "wait_p50_s": None, "wait_p99_s": None},
+        "admitted_per_min": 0,
+        "paused_s": 0,
+        "cluster": {"instances": 1, "depth": 4, "in_flight": 2, "admitted": 118, "requests": 120},
     }
     status.update(extra)
     return status
@@ -103,10 +107,12 @@ def test_a_limit_of_zero_shows_no_limit_and_no_bar() -> None:
 
 
 def test_gateway_queue_figures_are_shown() -> None:
-    status = gateway_status()
-    status["queue"].update({"wait_p50_ms": 120, "wait_p99_ms": 1830, "admitted_per_min": 58})
+    status = gateway_status(admitted_per_min=58)
+    status["queue"].update({"wait_p50_s": 0.12, "wait_p99_s": 1.83})
     status["totals"]["upstream_429"] = 3
     text = text_of(render(with_gateway(status)))
+    assert "(4 here)" not in text  # a cluster of one is just this instance
+    assert "instances" not in text
     assert "queue depth 4 " in text
     assert "in flight 2 " in text
     assert "oldest wait 1.3s" in text
@@ -120,9 +126,9 @@ def test_gateway_queue_figures_are_shown() -> None:
 
 
 def test_cluster_shows_the_sum_of_the_instances_queues() -> None:
-    status = gateway_status(cluster={"instances": 3, "depth": 11, "in_flight": 6})
+    status = gateway_status(cluster={"instances": 3, "depth": 11, "in_flight": 6, "admitted": 300})
     text = text_of(render(with_gateway(status)))
-    assert "3 instances" in text
+    assert "3 instances sharing the budget" in text
     assert "queue depth 11 (4 here)" in text
     assert "in flight 6 (2 here)" in text
 
@@ -133,6 +139,14 @@ def test_missing_fields_show_dashes_instead_of_failing() -> None:
     assert "0 / 10" in row(text, "RPM")
     assert "queue depth -" in text
     assert "no limits reported" in text  # the mock answered an empty object
+
+
+def test_a_store_outage_and_a_pause_are_called_out() -> None:
+    status = gateway_status(limits={"error": "limiter store unavailable: ConnectionError"}, paused_s=12.5)
+    text = text_of(render(with_gateway(status)))
+    assert "limits unknown: limiter store unavailable: ConnectionError" in text
+    assert "admission paused for 12.5s" in text
+    assert "admission paused" not in text_of(render(with_gateway(gateway_status())))
 
 
 def test_a_down_service_shows_down_with_its_error() -> None:
@@ -193,6 +207,15 @@ def test_history_leaves_a_gap_when_down_and_survives_a_restart() -> None:
     history.sample(4.0, 2)
     history.sample(5.0, 1)  # restarted again between samples
     assert history.rates() == [60.0, None, 120.0, None]
+
+
+def test_history_ignores_the_jump_when_the_counter_changes_source() -> None:
+    history = RateHistory()
+    history.sample(0.0, 100, ("a", 1))
+    history.sample(1.0, 101, ("a", 1))
+    history.sample(2.0, 600, ("a", 2))  # a second instance joined the sum with its own 499
+    history.sample(3.0, 603, ("a", 2))
+    assert history.rates() == [60.0, None, 180.0]
 
 
 def test_history_forgets_what_is_older_than_its_span() -> None:
