@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -478,3 +479,40 @@ def test_ctrl_c_exits_cleanly_and_restores_the_terminal() -> None:
     assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
     plain = bytes(output)
     assert plain.rstrip().endswith(b"\x1b[?25h")  # the cursor Live hid is shown again
+
+
+def test_instances_on_one_redis_show_the_shared_budget_and_their_summed_queues(
+    redis_url: str, redis_prefix: str
+) -> None:
+    mock_env = {**MOCK_ENV, "MOCK_REDIS_URL": redis_url, "MOCK_REDIS_PREFIX": f"{redis_prefix}-mock"}
+    shared = {"APIM_REDIS_URL": redis_url, "APIM_REDIS_PREFIX": f"{redis_prefix}-apim"}
+    with (
+        running("llm_mock_server", env=mock_env) as mock,
+        running("apim_server", env=apim_env(mock.v1, **shared)) as first,
+        running("apim_server", env=apim_env(mock.v1, **shared)) as second,
+    ):
+        chat(first.v1, 2)
+        chat(second.v1, 3)
+        # Each instance publishes its figures once a second; wait until the first sees the second.
+        deadline = time.monotonic() + 20
+        while first.status()["cluster"]["instances"] < 2:
+            assert time.monotonic() < deadline, first.status()["cluster"]
+            time.sleep(0.1)
+        status = first.status()
+        assert status["limits"]["rpm"]["used"] == 5  # one budget for both
+
+        result = monitor_cli("--once", "--mock-url", mock.url, "--apim-url", first.url)
+        assert result.returncode == 0, result.stderr
+        mock_panel, apim_panel = panels(result.stdout)
+        assert "redis store" in mock_panel
+        assert "redis store" in apim_panel
+        assert "2 instances sharing the budget" in apim_panel
+        assert "5 / 400" in row(apim_panel, "RPM")
+        assert "5 / 500" in row(mock_panel, "RPM")
+        cluster = status["cluster"]
+        assert f"queue depth {cluster['depth']} ({status['queue']['depth']} here)" in apim_panel
+        assert f"in flight {cluster['in_flight']} ({status['queue']['in_flight']} here)" in apim_panel
+
+        combined = json.loads(monitor_cli("--json", "--mock-url", mock.url, "--apim-url", second.url).stdout)
+        assert combined["apim"]["status"]["cluster"]["instances"] == 2
+        assert combined["apim"]["status"]["limits"]["rpm"]["used"] == 5
