@@ -45,6 +45,11 @@ def format_duration(value: float | None) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
+def format_span(value: float) -> str:
+    """A history span: whole minutes as ``5m``."""
+    return f"{value / 60:g}m" if value >= 60 and value % 60 == 0 else format_duration(value)
+
+
 def format_ms(value_s: float | None) -> str:
     """Short waits read best in milliseconds."""
     if value_s is None:
@@ -148,7 +153,8 @@ def gateway_lines(status: dict) -> list[Text]:
             [
                 ("queue depth", summed(q.cluster_depth, q.depth, q.clustered)),
                 ("in flight", summed(q.cluster_in_flight, q.in_flight, q.clustered)),
-                ("oldest wait", format_ms(q.oldest_wait_s)),
+                # An empty queue has no oldest request, whatever the field says.
+                ("oldest wait", format_ms(q.oldest_wait_s) if q.depth else DASH),
                 ("queue wait p50", format_ms(q.wait_p50_s)),
                 ("p99", format_ms(q.wait_p99_s)),
             ]
@@ -173,28 +179,27 @@ def gateway_lines(status: dict) -> list[Text]:
 class RateLine:
     """The admitted rate over the history's span as a sparkline that fits the line it is on."""
 
-    label = "admitted/min history "
-
     def __init__(self, history: RateHistory | None, now: float) -> None:
         self.history = history
         self.now = now
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        text = Text(self.label, style="dim")
         history = self.history
-        rates = [r for r in history.rates() if r is not None] if history else []
-        if history is None or not rates:
+        span = history.span_s if history else 0.0
+        text = Text(f"admitted/min, last {format_span(span)} ", style="dim")
+        if history is None or not any(r is not None for r in history.rates()):
             text.append("(builds up while the monitor runs)", style="dim")
             yield text
             return
-        # The summary is measured first with the widest figures so the sparkline keeps one width.
-        summary = f"  last {format_duration(history.span_s)}: now {{}}, peak {{}}"
-        room = options.max_width - len(self.label) - len(summary.format("9,999", "9,999"))
+        # Measured with the widest figures, so the sparkline keeps its width as the figures change.
+        summary = "  now {}, peak {}"
+        room = options.max_width - len(text) - len(summary.format("99,999", "99,999"))
         width = max(SPARK_MIN, min(SPARK_WIDTH, room))
-        buckets = history.buckets(width, history.span_s / width, self.now)
-        peak = max((b for b in buckets if b is not None), default=0.0)
+        buckets = history.buckets(width, span / width, self.now)
+        known = [b for b in buckets if b is not None]
+        now = format_count(round(known[-1])) if known else DASH
         text.append(sparkline(buckets, width).ljust(width), style="cyan")
-        text.append(summary.format(format_count(round(rates[-1])), format_count(round(peak))), style="dim")
+        text.append(summary.format(now, format_count(round(max(known, default=0.0)))), style="dim")
         yield text
 
 
@@ -266,7 +271,7 @@ def render(
     header = Text("apim-monitor", style="bold")
     header.append(f"  {when}", style="dim")
     if interval is not None:
-        header.append(f"  refresh {format_duration(interval)}  Ctrl-C quits", style="dim")
+        header.append(f"  every {interval:g}s  Ctrl-C quits", style="dim")
     return Group(
         header,
         service_panel(snapshot.mock, interval=interval),
