@@ -20,7 +20,7 @@ from llm_mock_server.body import check_content_type, parse, read_body
 from llm_mock_server.completion import (
     Choice,
     ChunkWriter,
-    completion_body,
+    completion_json,
     generate,
     new_completion_id,
     request_digest,
@@ -117,8 +117,10 @@ class MockService:
         return {"id": model, "object": "model", "created": MODEL_CREATED, "owned_by": "openai"}
 
     def install(self, app: FastAPI) -> None:
-        # The chat route is a plain Starlette route: FastAPI's dependency machinery would only
-        # add work to the hot path, since the body is parsed and validated here.
+        """Add the routes; call after ``openai_wire.errors.install`` (its handlers are reused)."""
+        self.render_invalid = app.exception_handlers[RequestValidationError]
+        # MockApp serves POST chat completions directly (the hot path); the route here answers
+        # any other method with a 405 and keeps the API complete for an app used on its own.
         app.router.add_route("/v1/chat/completions", self.chat, methods=["POST"])
         app.add_api_route("/v1/models", self.list_models, methods=["GET"])
         app.add_api_route("/v1/models/{model}", self.get_model, methods=["GET"])
@@ -141,12 +143,14 @@ class MockService:
             return await self._error(exc, out)
         except RequestValidationError as exc:
             out.status = 400
-            handler = request.app.exception_handlers[RequestValidationError]
-            return await self._with_limit_headers(await handler(request, exc), out)
+            return await self._with_limit_headers(await self.render_invalid(request, exc), out)
         except STORE_ERRORS:
             log.exception("limiter store unavailable")
             out.status = 503
             return server_error(503).response()
+        except Exception:
+            log.exception("unhandled error")
+            return APIError(500, "The server had an error while processing your request.").response()
         finally:
             # A stream records itself when it ends.
             if not (out.stream and out.status == 200):
@@ -223,7 +227,7 @@ class MockService:
             await asyncio.sleep(delay_s + self.ttft_s + max(0, answer.longest - 1) * self.token_s)
         await self._settle(answer)
         out.status = 200
-        content = _dumps(completion_body(answer.completion_id, model, answer.choices, prompt_tokens))
+        content = completion_json(answer.completion_id, model, answer.choices, prompt_tokens)
         return Response(content, media_type="application/json", headers=headers)
 
     async def _stream(self, request: Request, out: Outcome, answer: Answer) -> AsyncIterator[bytes]:

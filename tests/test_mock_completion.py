@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
+from openai.types.chat import ChatCompletion
 
-from llm_mock_server.completion import MAX_TOKENS, MIN_TOKENS, generate, request_digest
+from llm_mock_server.completion import (
+    MAX_TOKENS,
+    MIN_TOKENS,
+    completion_json,
+    generate,
+    request_digest,
+    usage,
+    usage_json,
+)
 from llm_mock_server.counting import CachedTokenCounter
 from ratelimit.tokens import TokenCounter
 
@@ -66,3 +76,20 @@ def test_cached_counter_counts_like_the_shared_counter() -> None:
     for model in MODELS:
         for _ in range(2):  # the second round is served from the cache
             assert cached.count_messages(messages, model) == plain.count_messages(messages, model)
+
+
+def test_completion_json_is_a_valid_chat_completion() -> None:
+    choices = [generate(_digest("json"), i, 9, "gpt-4o-mini") for i in range(2)]
+    raw = completion_json("chatcmpl-abc", 'odd"model', choices, prompt_tokens=11)
+    reply = ChatCompletion.model_validate(json.loads(raw))
+    assert reply.id == "chatcmpl-abc"
+    assert reply.model == 'odd"model'
+    assert [c.message.content for c in reply.choices] == [c.text for c in choices]
+    assert [c.finish_reason for c in reply.choices] == [c.finish_reason for c in choices]
+    assert reply.usage is not None
+    usage = reply.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (11, 18, 29)
+
+
+def test_usage_json_is_the_usage_object() -> None:
+    assert json.loads(usage_json(12, 30)) == usage(12, 30)
