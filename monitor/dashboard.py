@@ -179,15 +179,15 @@ def gateway_lines(status: dict) -> list[Text]:
 class RateLine:
     """The admitted rate over the history's span as a sparkline that fits the line it is on."""
 
-    def __init__(self, history: RateHistory | None, now: float) -> None:
+    def __init__(self, history: RateHistory, now: float) -> None:
         self.history = history
         self.now = now
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         history = self.history
-        span = history.span_s if history else 0.0
+        span = history.span_s
         text = Text(f"admitted/min, last {format_span(span)} ", style="dim")
-        if history is None or not any(r is not None for r in history.rates()):
+        if not any(r is not None for r in history.rates()):
             text.append("(builds up while the monitor runs)", style="dim")
             yield text
             return
@@ -257,7 +257,8 @@ def service_panel(
         parts.append(Text("no limits reported", style="dim"))
     if service.name == "apim":
         parts.extend(gateway_lines(status))
-        parts.append(RateLine(history, now))
+        if history is not None:  # a single frame (--once) has no history to show
+            parts.append(RateLine(history, now))
     else:
         parts.append(mock_totals_line(status))
     return Panel(Group(*parts), title=service_title(service), title_align="left", border_style="green")

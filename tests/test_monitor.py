@@ -121,6 +121,7 @@ def test_gateway_queue_figures_are_shown() -> None:
     assert "p99 1.8s" in text
     assert "requests 120 " in text
     assert "admitted/min 58" in text
+    assert "last 5m" not in text  # one frame has no history
     assert "answered 429 2 " in text
     assert "upstream 429s 3" in text
     assert "errors 1 " in text
