@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
@@ -126,7 +127,7 @@ def figures(pairs: list[tuple[str, str]]) -> Text:
     return text
 
 
-def mock_totals_line(status: dict) -> Text:
+def mock_totals_line(status: dict[str, Any]) -> Text:
     totals = readings.totals(status)
     return figures(
         [
@@ -145,7 +146,7 @@ def summed(total: float | None, here: float | None, clustered: bool) -> str:
     return f"{format_count(total)} ({format_count(here)} here)"
 
 
-def gateway_lines(status: dict) -> list[Text]:
+def gateway_lines(status: dict[str, Any]) -> list[Text]:
     q = readings.queue(status)
     totals = readings.totals(status)
     lines = [
@@ -238,7 +239,7 @@ def service_panel(
     interval: float | None = None,
 ) -> Panel:
     if not service.up:
-        retry = f"; retrying every {format_duration(interval)}" if interval is not None else ""
+        retry = f"; retrying every {interval:g}s" if interval is not None else ""
         body: RenderableType = Text.assemble(
             ("DOWN: ", "bold red"),
             (service.error or "no answer", "red"),

@@ -9,7 +9,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 
 from monitor import readings
-from monitor.client import Snapshot, StatusClient
+from monitor.client import StatusClient
 from monitor.dashboard import render
 from monitor.history import RateHistory
 
@@ -21,11 +21,9 @@ class Monitor:
         self.client = client
         self.interval = interval
         self.history = RateHistory()
-        self.last: Snapshot | None = None
 
     async def refresh(self) -> RenderableType:
         snapshot = await self.client.snapshot()
-        self.last = snapshot
         status = snapshot.apim.status
         if status is None:
             self.history.sample(snapshot.taken_at, None)

@@ -160,7 +160,7 @@ def test_a_down_service_shows_down_with_its_error() -> None:
     mock_part = text.split("Gateway")[0]
     assert "DOWN" in mock_part
     assert "connection refused" in mock_part
-    assert "retrying every 1.0s" in mock_part
+    assert "retrying every 1s" in mock_part
     assert "DOWN" not in text.split("Gateway")[1]
 
 
