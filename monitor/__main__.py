@@ -18,15 +18,18 @@ from monitor.live import Monitor, run_live
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="apim-monitor", description="Live dashboard of the mock LLM's and the gateway's /status."
+        prog="apim-monitor",
+        description="Live dashboard of the mock LLM's and the gateway's /status.",
     )
-    parser.add_argument("--mock-url", default="http://127.0.0.1:8000", help="mock LLM base URL")
-    parser.add_argument("--apim-url", default="http://127.0.0.1:8001", help="gateway base URL")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each /status")
-    parser.add_argument("--once", action="store_true", help="print one frame and exit")
-    parser.add_argument("--json", action="store_true", help="print both /status bodies as one JSON and exit")
-    parser.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
+    add = parser.add_argument
+    add("--mock-url", default="http://127.0.0.1:8000", help="mock LLM base URL (default: %(default)s)")
+    add("--apim-url", default="http://127.0.0.1:8001", help="gateway base URL (default: %(default)s)")
+    add("--mock-api-key", default=None, help="whose limits the mock shows (default: its first key)")
+    add("--interval", type=float, default=1.0, help="seconds between refreshes (default: %(default)g)")
+    add("--timeout", type=float, default=2.0, help="seconds to wait for each /status (default: %(default)g)")
+    add("--once", action="store_true", help="print one frame and exit")
+    add("--json", action="store_true", help="print both /status bodies as one JSON and exit")
+    add("--width", type=int, default=None, help="console width (default: the terminal's)")
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error("--interval must be > 0")
@@ -46,7 +49,8 @@ def stop_on_sigterm() -> None:
 async def run(args: argparse.Namespace) -> None:
     stop_on_sigterm()
     console = Console(width=args.width)
-    async with StatusClient(args.mock_url, args.apim_url, timeout=args.timeout) as client:
+    client = StatusClient(args.mock_url, args.apim_url, timeout=args.timeout, mock_api_key=args.mock_api_key)
+    async with client:
         if args.json:
             snapshot = await client.snapshot()
             sys.stdout.write(json.dumps(snapshot.as_json(), indent=2) + "\n")

@@ -82,11 +82,13 @@ def error_message(response: httpx.Response) -> str:
     return f": {message}" if isinstance(message, str) and message else ""
 
 
-async def fetch_status(client: httpx.AsyncClient, name: str, url: str) -> ServiceStatus:
+async def fetch_status(
+    client: httpx.AsyncClient, name: str, url: str, params: dict[str, str] | None = None
+) -> ServiceStatus:
     """``GET {url}/status``; never raises."""
     started = time.perf_counter()
     try:
-        response = await client.get(f"{url.rstrip('/')}/status")
+        response = await client.get(f"{url.rstrip('/')}/status", params=params)
         response.raise_for_status()
         body = response.json()
         if not isinstance(body, dict):
@@ -99,15 +101,19 @@ async def fetch_status(client: httpx.AsyncClient, name: str, url: str) -> Servic
 class StatusClient:
     """Both services' ``/status``, fetched concurrently over one keep-alive client."""
 
-    def __init__(self, mock_url: str, apim_url: str, timeout: float = 2.0) -> None:
+    def __init__(
+        self, mock_url: str, apim_url: str, timeout: float = 2.0, mock_api_key: str | None = None
+    ) -> None:
         self.mock_url = mock_url
         self.apim_url = apim_url
+        # The mock keeps limits per API key and shows its default key's unless asked.
+        self._mock_params = {"api_key": mock_api_key} if mock_api_key else None
         # No proxy from the environment: the services are on this machine or this network.
         self._client = httpx.AsyncClient(timeout=timeout, trust_env=False)
 
     async def snapshot(self) -> Snapshot:
         mock, apim = await asyncio.gather(
-            fetch_status(self._client, MOCK, self.mock_url),
+            fetch_status(self._client, MOCK, self.mock_url, self._mock_params),
             fetch_status(self._client, APIM, self.apim_url),
         )
         return Snapshot(mock, apim)

@@ -359,6 +359,7 @@ def panels(text: str) -> tuple[str, str]:
 
 
 def assert_limits_shown(panel: str, status: dict[str, Any]) -> None:
+    assert {"rpm", "tpm", "rpd", "tpd"} <= set(status["limits"])
     for name, entry in status["limits"].items():
         line = row(panel, name.upper())
         if entry["limit"]:
@@ -532,3 +533,30 @@ def test_instances_on_one_redis_show_the_shared_budget_and_their_summed_queues(
         combined = json.loads(monitor_cli("--json", "--mock-url", mock.url, "--apim-url", second.url).stdout)
         assert combined["apim"]["status"]["cluster"]["instances"] == 2
         assert combined["apim"]["status"]["limits"]["rpm"]["used"] == 5
+
+
+def test_mock_api_key_picks_whose_limits_the_mock_shows() -> None:
+    keys = ["sk-monitor-first-0001", "sk-monitor-second-0002"]
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with running("llm_mock_server", env={**MOCK_ENV, "MOCK_API_KEYS": ",".join(keys)}) as mock:
+        client = openai.OpenAI(base_url=mock.v1, api_key=keys[1], max_retries=0)
+        with client:
+            for _ in range(2):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+                )
+        second = json.loads(
+            monitor_cli(
+                "--json", "--mock-url", mock.url, "--apim-url", nowhere, "--mock-api-key", keys[1]
+            ).stdout
+        )
+        first = json.loads(monitor_cli("--json", "--mock-url", mock.url, "--apim-url", nowhere).stdout)
+    assert second["mock"]["status"]["limits"]["rpm"]["used"] == 2
+    assert first["mock"]["status"]["limits"]["rpm"]["used"] == 0
+
+
+def test_bad_flags_are_refused() -> None:
+    for flags in (["--interval", "0"], ["--timeout", "-1"], ["--interval", "soon"]):
+        result = monitor_cli("--once", *flags)
+        assert result.returncode == 2, flags
+        assert "usage: apim-monitor" in result.stderr
