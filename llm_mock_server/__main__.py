@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.config import LOGGING_CONFIG
 
 from llm_mock_server.config import MockSettings, describe_error
-
-
-def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging plus our loggers, and a filter for deliberate drops."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"quiet_drops": {"()": "llm_mock_server.faults.QuietDrops"}}
-    config["loggers"]["uvicorn.error"]["filters"] = ["quiet_drops"]
-    for name in ("llm_mock_server", "ratelimit", "openai_wire"):
-        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
+from llm_mock_server.logs import logging_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

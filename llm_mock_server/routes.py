@@ -28,6 +28,7 @@ from llm_mock_server.completion import (
 from llm_mock_server.config import MockSettings
 from llm_mock_server.counting import CachedTokenCounter
 from llm_mock_server.faults import FAULT_HEADER, DropConnection, Fault, FaultPicker
+from llm_mock_server.logs import REQUEST_LOGGER
 from llm_mock_server.metrics import Metrics
 from llm_mock_server.rejections import (
     model_not_found,
@@ -44,6 +45,7 @@ from ratelimit.limiter import Limiter, status_limits
 from ratelimit.limits import Cost, Decision, LimitState
 
 log = logging.getLogger("llm_mock_server")
+request_log = logging.getLogger(REQUEST_LOGGER)
 
 REQUEST_ID_KEY = "llm_mock.request_id"
 MODEL_CREATED = 1_686_935_002  # a fixed date keeps /v1/models byte-identical between runs
@@ -317,7 +319,7 @@ class MockService:
             out.model, out.status, seconds, out.stream, out.prompt_tokens, out.completion_tokens
         )
         if self.settings.log_requests:
-            log.info(
+            request_log.info(
                 "chat id=%s key=%s model=%s stream=%s status=%s prompt_tokens=%d completion_tokens=%d "
                 "ms=%.1f",
                 request.scope.get(REQUEST_ID_KEY, "-"),
