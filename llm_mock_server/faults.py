@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llm_mock_server.config import MockSettings
+from openai_wire.errors import APIError
 
 FAULT_HEADER = "x-mock-fault"
 DROP_SCOPE_KEY = "llm_mock.drop"
@@ -56,7 +57,15 @@ class FaultPicker:
             try:
                 return Fault(header.strip().lower())
             except ValueError:
-                return None
+                # A typo in a test's fault header should fail loudly, not pass as a normal answer.
+                raise APIError(
+                    400,
+                    f"Invalid {FAULT_HEADER} header {header!r}: use one of "
+                    + ", ".join(f.value for f in Fault)
+                    + ".",
+                    param=FAULT_HEADER,
+                    code="invalid_request",
+                ) from None
         if not self.thresholds:
             return None
         draw = self.rng.random()

@@ -10,6 +10,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from ratelimit.limits import Decision
 
+CLIENT_CLOSED = 499  # nginx's code for a client that hung up before the answer ended
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -90,7 +91,7 @@ class Metrics:
             self._child(self.tokens, label, "completion").inc(completion_tokens)  # type: ignore[attr-defined]
         if status == 200:
             self.totals.ok += 1
-        elif status != 429:
+        elif status not in (429, CLIENT_CLOSED):
             self.totals.errors += 1
 
     def limited(self, limit: str, reason: str) -> None:

@@ -29,7 +29,7 @@ from llm_mock_server.config import MockSettings
 from llm_mock_server.counting import CachedTokenCounter
 from llm_mock_server.faults import FAULT_HEADER, DropConnection, Fault, FaultPicker
 from llm_mock_server.logs import REQUEST_LOGGER
-from llm_mock_server.metrics import Metrics
+from llm_mock_server.metrics import CLIENT_CLOSED, Metrics
 from llm_mock_server.rejections import (
     model_not_found,
     rate_limited,
@@ -50,7 +50,6 @@ request_log = logging.getLogger(REQUEST_LOGGER)
 REQUEST_ID_KEY = "llm_mock.request_id"
 MODEL_CREATED = 1_686_935_002  # a fixed date keeps /v1/models byte-identical between runs
 STORE_ERRORS = (RedisError, OSError)
-CLIENT_CLOSED = 499
 
 
 def _dumps(payload: object) -> bytes:

@@ -250,6 +250,12 @@ def test_slow_answer(http: httpx.Client) -> None:
     assert response.json()["usage"]["completion_tokens"] == 5
 
 
+def test_unknown_fault_is_400(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", json=BODY, headers={"x-mock-fault": "teapot"})
+    error = assert_openai_error(response, 400, param="x-mock-fault")
+    assert "429, 500, 503, slow, drop" in error["message"]
+
+
 def test_admin_reset_of_one_key_or_all(mock: Service, http: httpx.Client) -> None:
     a, b = sdk(mock, KEY_A), sdk(mock, KEY_B)
     for client in (a, b):
