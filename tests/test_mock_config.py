@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from llm_mock_server.config import MockSettings, settings_table
+from llm_mock_server.config import MockSettings, describe_error, settings_table
 from ratelimit.cost import CostRule
 
 
@@ -54,38 +55,45 @@ def test_every_setting_is_documented() -> None:
         ("MOCK_COST_RULE", "median"),
         ("MOCK_FAULT_500_RATE", "1.5"),
         ("MOCK_ADMIN", "perhaps"),
+        ("MOCK_MODELS", " , "),
+        ("MOCK_LOG_LEVEL", "loud"),
     ],
 )
-def test_bad_setting_stops_the_start_with_one_line_naming_it(name: str, value: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOCK_")}
-    env[name] = value
-    proc = subprocess.run(
+def test_bad_setting_is_described_in_one_line_naming_it(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        MockSettings(_env_file=None)
+    line = describe_error(caught.value)
+    assert "\n" not in line
+    assert line.startswith(f"invalid setting {name}: ")
+
+
+def _start(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MOCK_")} | env
+    return subprocess.run(
         [sys.executable, "-m", "llm_mock_server", "--port", "1"],
-        env=env,
-        cwd=tmp_path,
+        env=full_env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_bad_setting_stops_the_start_with_exit_2_and_one_line(tmp_path: Path) -> None:
+    proc = _start({"MOCK_RPM_LIMIT": "sixty"}, tmp_path)
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert name in lines[0]
+    assert proc.stderr.strip().splitlines() == [
+        "llm-mock: invalid setting MOCK_RPM_LIMIT: Input should be a valid integer, "
+        "unable to parse string as an integer (got 'sixty')"
+    ]
 
 
 def test_fault_rates_must_fit_in_one_draw(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOCK_")}
-    env |= {"MOCK_FAULT_500_RATE": "0.6", "MOCK_FAULT_DROP_RATE": "0.6"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "llm_mock_server"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _start({"MOCK_FAULT_500_RATE": "0.6", "MOCK_FAULT_DROP_RATE": "0.6"}, tmp_path)
     assert proc.returncode == 2
     assert "MOCK_FAULT_DROP_RATE" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
