@@ -163,7 +163,7 @@ class Exchange:
         gw = self.gw
         started = time.monotonic()
         try:
-            upstream = await gw.upstream.chat(self.body, self.up_headers, self.stream)
+            upstream = await gw.upstream.chat(self.body, self.up_headers)
         except httpx.TransportError as exc:
             gw.dispatcher.release()
             self._upstream_done("error", started)
@@ -211,14 +211,16 @@ class Exchange:
             )
             gw.dispatcher.pause(wait_s)
             return None
-        response = Response(content, status, headers=passed_back(upstream.headers))
         if status >= 500:
-            return await self._retry_or(response)
+            return await self._retry_or(Response(content, status, headers=passed_back(upstream.headers)))
         actual = None
         if status < 300:
             actual = await gw.accounting.settle(self.ticket.cost.tokens, decision, usage_of(content))
         await gw.accounting.check_drift(upstream.headers, decision)
-        return self.finish(response, actual)
+        headers = passed_back(upstream.headers)
+        headers.update(self._own_headers())
+        self._record(status, actual)
+        return Response(content, status, headers=headers)
 
     async def _retry_or(self, failure: Response) -> Response | None:
         """After a connect error or 5xx: None (back off, then queue again) while retries last."""

@@ -125,6 +125,7 @@ class Metrics:
         self.queue_depth = Gauge("apim_queue_depth", "Requests waiting for admission", registry=r)
         self.in_flight = Gauge("apim_in_flight", "Requests forwarded and not yet answered", registry=r)
         self.paused = Gauge("apim_admission_paused_seconds", "How long admission stays paused", registry=r)
+        self._estimate = self.tokens_charged.labels(kind="estimate")
         self._status_children: dict[int, Counter] = {}
         self._upstream_children: dict[int | str, Counter] = {}
 
@@ -162,7 +163,7 @@ class Metrics:
 
     def admitted(self, tokens: int) -> None:
         self.admissions.inc()
-        self.tokens_charged.labels(kind="estimate").inc(tokens)
+        self._estimate.inc(tokens)
         self.total_admitted += 1
         self.admitted_minute.add()
 
