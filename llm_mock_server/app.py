@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -112,6 +113,11 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Everything loaded so far (encodings, modules) lives as long as the process: kept out
+        # of the collector, a full collection takes microseconds instead of ~40 ms, which
+        # would otherwise show as latency spikes under load.
+        gc.collect()
+        gc.freeze()
         yield
         await store.close()
 
