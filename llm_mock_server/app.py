@@ -63,7 +63,6 @@ class MockApp:
         if scope["path"] == CHAT_PATH and scope["method"] == "POST":
             # The hot path skips FastAPI's middleware stack, which costs more than the
             # route's own work; the handler renders every error itself.
-            scope["app"] = self.api
             response = await self.service.chat(Request(scope, receive))
             await response(scope, receive, send_with_ids)
         else:
