@@ -162,6 +162,7 @@ class Exchange:
         """One forward of an admitted request: the final answer, or None to queue it again."""
         gw = self.gw
         started = time.monotonic()
+        gw.metrics.dispatched(max(0.0, time.time() - decision.now_ms / 1000))
         try:
             upstream = await gw.upstream.chat(self.body, self.up_headers)
         except httpx.TransportError as exc:

@@ -122,6 +122,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.dispatch_lag = Histogram(
+            "apim_dispatch_lag_seconds",
+            "From the limiter's admission (its clock) to the request leaving for the upstream: "
+            "the jitter APIM_WINDOW_MARGIN_MS must cover",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
         self.queue_depth = Gauge("apim_queue_depth", "Requests waiting for admission", registry=r)
         self.in_flight = Gauge("apim_in_flight", "Requests forwarded and not yet answered", registry=r)
         self.paused = Gauge("apim_admission_paused_seconds", "How long admission stays paused", registry=r)
@@ -137,6 +144,8 @@ class Metrics:
         self.total_upstream_429 = 0
         self.admitted_minute = RollingMinute()
         self.recent_waits: deque[float] = deque(maxlen=4096)
+        self.recent_lags: deque[float] = deque(maxlen=4096)
+        self.max_lag = 0.0
 
     def bind(
         self,
@@ -179,6 +188,15 @@ class Metrics:
     def waited(self, seconds: float) -> None:
         self.queue_wait.observe(seconds)
         self.recent_waits.append(seconds)
+
+    def dispatched(self, lag_s: float) -> None:
+        self.dispatch_lag.observe(lag_s)
+        self.recent_lags.append(lag_s)
+        self.max_lag = max(self.max_lag, lag_s)
+
+    def lag_percentiles(self) -> tuple[float | None, float | None]:
+        lags = list(self.recent_lags)
+        return percentile(lags, 0.5), percentile(lags, 0.99)
 
     def wait_percentiles(self) -> tuple[float | None, float | None]:
         waits = list(self.recent_waits)

@@ -47,6 +47,7 @@ async def status(request: Request) -> JSONResponse:
     m = gw.metrics
     figures = gw.figures()
     p50, p99 = m.wait_percentiles()
+    lag50, lag99 = m.lag_percentiles()
     try:
         limits: dict[str, Any] = status_limits(await gw.limiter.peek(gw.key))
     except Exception as exc:  # noqa: BLE001 - the store may be down; say so, keep answering
@@ -84,6 +85,12 @@ async def status(request: Request) -> JSONResponse:
                 "wait_p99_s": None if p99 is None else round(p99, 4),
             },
             "admitted_per_min": m.admitted_minute.total(),
+            "dispatch_lag_ms": {
+                "p50": None if lag50 is None else round(lag50 * 1000, 2),
+                "p99": None if lag99 is None else round(lag99 * 1000, 2),
+                "max": round(m.max_lag * 1000, 2),
+                "margin": gw.settings.window_margin_ms,
+            },
             "paused_until": round(time.time() + paused, 3) if paused > 0 else None,
             "paused_s": round(paused, 3),
             "cluster": cluster,

@@ -1,0 +1,294 @@
+"""Budget use: twice the budget offered for minutes, against a mock with the same limits.
+
+Two set-ups run side by side on 127.0.0.1: one gateway (embedded store) and three gateway
+processes sharing one Redis budget, each in front of its own mock with the same RPM and TPM
+(every request costs the same, so both limits bind together). A load generator offers twice
+the budget, open loop, for ``--duration`` seconds. Printed per set-up:
+
+- achieved RPM and TPM over the steady state, as a share of the limits: answers counted over
+  whole periods of the gateway's window (60 s + margin) after the first one, because with a
+  backlog admissions repeat the first window's pattern and any other span is biased;
+- the mock's own sliding-window counts (requests and tokens in its last 60 s, sampled every
+  second): median and max, which must never exceed the limit;
+- upstream 429s (the mock's count of rate-limited answers; target 0);
+- queue wait p50/p99 of the answered requests (``x-apim-queue-ms``).
+
+    python bench/gateway_budget.py [--duration 190] [--rpm 600]
+
+This module also holds the process helpers the other ``gateway_*`` benchmarks import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+
+HOST = "127.0.0.1"
+MODEL = "gpt-4o-mini"
+MESSAGES = [{"role": "user", "content": "Write one sentence about rate limits."}]
+MAX_TOKENS = 100
+UNLIMITED = {"RPM_LIMIT": "0", "TPM_LIMIT": "0", "RPD_LIMIT": "0", "TPD_LIMIT": "0"}
+WORKDIR = tempfile.mkdtemp(prefix="gateway-bench-")  # no stray .env
+DEFAULT_MARGIN_MS = 500  # APIM_WINDOW_MARGIN_MS's default
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.url}/status", timeout=10).json()
+
+
+@contextmanager
+def service(module: str, env: dict[str, str]) -> Iterator[Service]:
+    """``python -m module`` on a free loopback port, its log discarded; stopped on exit."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("APIM_", "MOCK_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--host", HOST, "--port", str(port)],
+        env=clean | env,
+        cwd=WORKDIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    svc = Service(f"http://{HOST}:{port}", proc)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{module} exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{svc.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{module} not ready")
+            time.sleep(0.1)
+        yield svc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def mock(**settings: str) -> AbstractContextManager[Service]:
+    env = {f"MOCK_{k}": v for k, v in (UNLIMITED | settings).items()}
+    return service("llm_mock_server", env)
+
+
+def gateway(upstream: Service, **settings: str) -> AbstractContextManager[Service]:
+    env = {f"APIM_{k}": v for k, v in (UNLIMITED | settings).items()}
+    env["APIM_UPSTREAM_URL"] = upstream.v1
+    return service("apim_server", env)
+
+
+def redis_url() -> str | None:
+    """REDIS_URL, else a Redis on 127.0.0.1:6379 if one answers."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        import redis  # noqa: PLC0415 - only needed when a Redis set-up runs
+
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except Exception:  # noqa: BLE001 - no Redis: the caller skips that set-up
+        return None
+    return url
+
+
+def request_cost() -> int:
+    from ratelimit.cost import CostEstimator  # noqa: PLC0415 - keeps --help fast
+
+    return CostEstimator().estimate({"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}).tokens
+
+
+@dataclass
+class Load:
+    """Open-loop load against some gateways and what came back."""
+
+    name: str
+    gateways: list[Service]
+    upstream: Service
+    rpm: int
+    tpm: int
+    queue_ms: list[float] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    samples: list[tuple[float, dict]] = field(default_factory=list)
+    lags: list[dict] = field(default_factory=list)
+
+    def collect_lags(self) -> None:
+        """The gateways' dispatch lag (admission to request sent): what the margin must cover."""
+        self.lags = [g.status()["dispatch_lag_ms"] for g in self.gateways]
+
+
+async def offer(load: Load, rate_per_s: float, duration: float, started: float) -> None:
+    """Send ``rate_per_s`` requests per second round-robin to the gateways for ``duration``."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600)) as client:
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(gw: Service) -> None:
+            try:
+                response = await client.post(f"{gw.v1}/chat/completions", json=body)
+            except httpx.HTTPError:
+                load.statuses[-1] = load.statuses.get(-1, 0) + 1
+                return
+            load.statuses[response.status_code] = load.statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                load.queue_ms.append(float(response.headers["x-apim-queue-ms"]))
+                load.answered_at.append(time.monotonic() - started)
+
+        n = 0
+        while (now := time.monotonic()) < started + duration:
+            due = started + n / rate_per_s
+            if due > now:
+                await asyncio.sleep(due - now)
+            task = asyncio.create_task(one(load.gateways[n % len(load.gateways)]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        # The offered load stops; whatever still waits is abandoned (callers hang up).
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def sample(load: Load, duration: float, started: float) -> None:
+    """The mock's own view every second: its sliding-window usage and counters."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        while time.monotonic() < started + duration:
+            status = (await client.get(f"{load.upstream.url}/status")).json()
+            load.samples.append((time.monotonic() - started, status))
+            await asyncio.sleep(1)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def achieved_per_min(answered_at: list[float], steady_from: float, period: float, until: float) -> float:
+    """Answers per minute over the whole periods that fit between ``steady_from`` and ``until``."""
+    periods = int((until - steady_from) // period)
+    if periods < 1:
+        raise ValueError("the run is too short for one whole period after the first window")
+    end = steady_from + periods * period
+    count = sum(1 for t in answered_at if steady_from <= t < end)
+    return count / (end - steady_from) * 60
+
+
+def report(load: Load, steady_from: float, period: float, until: float) -> list[str]:
+    steady = [s for t, s in load.samples if t >= steady_from]
+    last = steady[-1]
+    per_min = achieved_per_min(load.answered_at, steady_from, period, until)
+    rpm_used = [s["limits"]["rpm"]["used"] / load.rpm for s in steady]
+    tpm_used = [s["limits"]["tpm"]["used"] / load.tpm for s in steady]
+    tokens_per_request = load.tpm / load.rpm
+    return [
+        f"| {load.name} | {per_min / load.rpm:.1%} | {per_min * tokens_per_request / load.tpm:.1%} "
+        f"| {statistics.median(rpm_used):.1%} / {max(rpm_used):.1%} "
+        f"| {statistics.median(tpm_used):.1%} / {max(tpm_used):.1%} "
+        f"| {last['totals']['rate_limited']} "
+        f"| {percentile(load.queue_ms, 0.5) / 1000:.1f} s / {percentile(load.queue_ms, 0.99) / 1000:.1f} s "
+        f"| {max(lag['p99'] or 0 for lag in load.lags):.1f} / {max(lag['max'] for lag in load.lags):.1f} ms "
+        f"| {load.statuses.get(200, 0)} |"
+    ]
+
+
+async def run_loads(loads: list[Load], duration: float, factor: float) -> None:
+    started = time.monotonic()
+    await asyncio.gather(
+        *(offer(load, factor * load.rpm / 60, duration, started) for load in loads),
+        *(sample(load, duration, started) for load in loads),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=190, help="seconds of offered load (default 190)")
+    parser.add_argument("--rpm", type=int, default=600, help="RPM limit of mock and gateways (default 600)")
+    parser.add_argument("--ttft-ms", default="100", help="mock time to first token (default 100)")
+    args = parser.parse_args()
+    if args.duration < 130:
+        parser.error("--duration must be at least 130 s (one window fills, one whole window is measured)")
+    cost = request_cost()
+    limits = {"RPM_LIMIT": str(args.rpm), "TPM_LIMIT": str(args.rpm * cost)}
+    redis = redis_url()
+    with ExitStack() as stack:
+        loads = []
+        up1 = stack.enter_context(mock(**limits, TTFT_MS=args.ttft_ms, LOG_REQUESTS="false"))
+        gw1 = stack.enter_context(gateway(up1, **limits, LOG_REQUESTS="false"))
+        loads.append(Load("1 gateway, embedded store", [gw1], up1, args.rpm, args.rpm * cost))
+        if redis:
+            up3 = stack.enter_context(mock(**limits, TTFT_MS=args.ttft_ms, LOG_REQUESTS="false"))
+            shared = {
+                "REDIS_URL": redis,
+                "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
+                "LOG_REQUESTS": "false",
+            }
+            gws = [stack.enter_context(gateway(up3, **limits, **shared)) for _ in range(3)]
+            loads.append(Load("3 gateways, one Redis budget", gws, up3, args.rpm, args.rpm * cost))
+        else:
+            print("no Redis reachable: the three-instance set-up is skipped", flush=True)
+        print(
+            f"offering 2x the budget ({2 * args.rpm} req/min, {cost} tokens each) for {args.duration:.0f} s "
+            f"against RPM {args.rpm} / TPM {args.rpm * cost} ...",
+            flush=True,
+        )
+        asyncio.run(run_loads(loads, args.duration, 2.0))
+        for load in loads:
+            load.collect_lags()
+
+    print()
+    period = 60 + DEFAULT_MARGIN_MS / 1000
+    print(
+        f"Limits: RPM {args.rpm}, TPM {args.rpm * cost} (every request {cost} tokens), mock TTFT "
+        f"{args.ttft_ms} ms; offered 2x for {args.duration:.0f} s; achieved rates over whole "
+        f"{period:g} s periods from 65 s; window samples from 65 s. Ceiling with the default margin: "
+        f"60/{period:g} = {60 / period:.2%}."
+    )
+    print()
+    print(
+        "| set-up | achieved RPM / limit | achieved TPM / limit | mock RPM window median / max "
+        "| mock TPM window median / max | upstream 429s | queue wait p50 / p99 "
+        "| dispatch lag p99 / max | answered 200 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for load in loads:
+        print("\n".join(report(load, 65.0, period, args.duration)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
