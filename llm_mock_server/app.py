@@ -16,6 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 from llm_mock_server.completion import vocabulary
 from llm_mock_server.config import MockSettings
 from llm_mock_server.faults import DROP_SCOPE_KEY, DROP_SENTINEL
+from llm_mock_server.logs import flush_request_log
 from llm_mock_server.routes import REQUEST_ID_KEY, MockService
 from openai_wire.errors import install
 from ratelimit.limiter import Limiter, open_store
@@ -118,6 +119,7 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
         gc.collect()
         gc.freeze()
         yield
+        flush_request_log()
         await store.close()
 
     api = FastAPI(title="llm-mock", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)

@@ -69,6 +69,16 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.flush()
 
 
+def flush_request_log() -> None:
+    """Write out buffered request lines now.
+
+    Called at shutdown: uvicorn re-raises SIGTERM after a graceful stop, so the process ends
+    by the signal and ``logging.shutdown`` (an atexit hook) never runs.
+    """
+    for handler in logging.getLogger(REQUEST_LOGGER).handlers:
+        handler.flush()
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config plus ours: service loggers, the request log, quiet drops."""
     config = copy.deepcopy(LOGGING_CONFIG)
