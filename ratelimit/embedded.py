@@ -56,6 +56,7 @@ class EmbeddedStore(Store):
         self._clock = clock
         self._budgets: dict[str, _Budget] = {}
         self._next_sweep = 0
+        self._specs: dict[str, tuple[int, int, int, int, int, int, int, list[tuple[int, int, int]]]] = {}
 
     async def acquire(self, key: str, policy: Policy, cost: Cost) -> Decision:
         return self._run(key, policy, "acquire", cost)
@@ -87,13 +88,22 @@ class EmbeddedStore(Store):
         self._budgets = {k: b for k, b in self._budgets.items() if b.expires_at > now}
         self._next_sweep = now + SWEEP_EVERY_MS
 
+    def _policy(self, spec: str) -> tuple[int, int, int, int, int, int, int, list[tuple[int, int, int]]]:
+        """ARGV[6] of the script, parsed once per distinct policy and day."""
+        found = self._specs.get(spec)
+        if found is None:
+            v = [int(x) for x in spec.split(",")]
+            found = (*v[:7], [(v[8 + i * 3], v[9 + i * 3], v[10 + i * 3]) for i in range(v[7])])
+            if len(self._specs) > 64:  # old days and dropped policies
+                self._specs.clear()
+            self._specs[spec] = found
+        return found  # type: ignore[return-value]
+
     def _step(self, key: str, argv: list[int | str]) -> list[int]:  # noqa: PLR0912, PLR0915
         op = argv[0]
-        now, req, tok, admitted_at, trim_max = (int(v) for v in argv[1:6])
-        b0, b1, b2, b3, day_req_limit, day_tok_limit, windows = (int(v) for v in argv[6:13])
-        specs = [
-            (int(argv[13 + i * 3]), int(argv[14 + i * 3]), int(argv[15 + i * 3])) for i in range(windows)
-        ]
+        now, req, tok, admitted_at = (int(v) for v in argv[1:5])
+        trim_max, b0, b1, b2, b3, day_req_limit, day_tok_limit, specs = self._policy(str(argv[5]))
+        windows = len(specs)
 
         b = self._budgets.get(key)
         if b is None or b.expires_at <= now:

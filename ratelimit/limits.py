@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 MINUTE_MS = 60_000
@@ -78,6 +79,9 @@ class Policy:
     daily_requests: int
     daily_tokens: int
     tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    # What the stores derive from a policy on every call (labels, encoded arguments): kept
+    # here so that it is computed once per policy, and once per day for the day bounds.
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     @property
     def longest_ms(self) -> int:

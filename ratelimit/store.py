@@ -53,33 +53,61 @@ class Store(ABC):
         """Release connections."""
 
 
+def labels(policy: Policy) -> tuple[tuple[str, int], ...]:
+    """Each limit's name and value, in the order of the flat result."""
+    memo = policy._memo
+    found = memo.get("labels")
+    if found is None:
+        found = memo["labels"] = tuple(zip(policy.limit_names(), policy.limit_values(), strict=True))
+    return found
+
+
 def decode(policy: Policy, raw: list[int]) -> Decision:
     """Build a Decision from the flat list both stores produce."""
-    names = policy.limit_names()
-    limits = policy.limit_values()
     states = tuple(
         LimitState(name, limit, int(raw[3 + i * 3]), int(raw[4 + i * 3]), int(raw[5 + i * 3]))
-        for i, (name, limit) in enumerate(zip(names, limits, strict=True))
+        for i, (name, limit) in enumerate(labels(policy))
     )
     return Decision(bool(raw[0]), int(raw[1]), int(raw[2]), states)
+
+
+def spec(policy: Policy, day_ref_ms: int) -> str:
+    """The policy part of the argument vector: trim_max, the four day bounds around
+    ``day_ref_ms``, the daily limits, the window count, then length and limits per window.
+
+    Comma-separated (a JSON array's inside), rebuilt only when the day changes.
+    """
+    memo = policy._memo
+    found = memo.get("spec")
+    if found is not None and found[0] <= day_ref_ms < found[1]:
+        return found[2]
+    bounds = policy.day_bounds(day_ref_ms)
+    parts = [TRIM_MAX, *bounds, policy.daily_requests, policy.daily_tokens, len(policy.windows)]
+    for w in policy.windows:
+        parts += [w.length_ms, w.requests, w.tokens]
+    text = ",".join(map(str, parts))
+    memo["spec"] = (bounds[1], bounds[2], text)
+    return text
 
 
 def args(
     policy: Policy, op: str, cost: Cost, now_ms: int | None, day_ref_ms: int, admitted_at_ms: int = 0
 ) -> list[int | str]:
-    """The argument vector of one operation (ARGV of lua/limiter.lua)."""
-    out: list[int | str] = [
+    """The argument vector of one operation: what the embedded store takes, and, as JSON
+    (``wire``), the one ARGV of lua/limiter.lua. ``now_ms`` None is server time."""
+    return [
         op,
-        "" if now_ms is None else now_ms,
+        "-" if now_ms is None else now_ms,
         cost.requests,
         cost.tokens,
         admitted_at_ms,
-        TRIM_MAX,
-        *policy.day_bounds(day_ref_ms),
-        policy.daily_requests,
-        policy.daily_tokens,
-        len(policy.windows),
+        spec(policy, day_ref_ms),
     ]
-    for w in policy.windows:
-        out += [w.length_ms, w.requests, w.tokens]
-    return out
+
+
+def wire(argv: list[int | str]) -> str:
+    """The argument vector as lua/limiter.lua takes it: one JSON array. Every part is an
+    operation name, an integer, "-" or the comma-separated spec, so no escaping is needed."""
+    op, now, requests, tokens, admitted_at, policy_spec = argv
+    when = '"-"' if now == "-" else now
+    return f'["{op}",{when},{requests},{tokens},{admitted_at},[{policy_spec}]]'

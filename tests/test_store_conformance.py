@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ratelimit import Cost, Decision, EmbeddedStore, Limits, Policy, RedisStore, Store
 from ratelimit.redis_store import SCRIPT
-from ratelimit.store import TRIM_MAX, args, decode
+from ratelimit.store import TRIM_MAX, args, decode, wire
 
 START = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC: mid-day in UTC, far from any midnight
 MINUTE = 60_000
@@ -95,7 +96,7 @@ async def step(store: Store, key: str, argv: list[int | str], pol: Policy) -> De
     """Run one raw argument vector (as the Lua script takes it) through ``store``."""
     if isinstance(store, RedisStore):
         keys = store.keys(key)
-        raw = await store.redis.eval(SCRIPT, len(keys), *keys, *argv)
+        raw = await store.redis.eval(SCRIPT, len(keys), *keys, wire(argv))
         return decode(pol, raw)
     assert isinstance(store, EmbeddedStore)
     return decode(pol, store._step(key, argv))
@@ -482,6 +483,26 @@ async def test_several_refunds_leave_one_by_one(store: Store, clock: ManualClock
         assert (await store.peek(KEY, pol)).state("tokens/minute").used == expected
 
 
+async def test_refunds_leave_while_admissions_continue(store: Store, clock: ManualClock) -> None:
+    """Each refund leaves exactly once, with its admission, while new admissions keep
+    writing (and trimming) the budget."""
+    pol = policy(tpm=1000)
+    admissions = []
+    for _ in range(3):
+        admissions.append(await store.acquire(KEY, pol, Cost(1, 300)))
+        clock.advance(1000)
+    for decision in admissions:
+        await store.refund(KEY, pol, 100, decision.now_ms)
+    expected = [600 - 200 + 10, 300 + 10 - 100 + 10, 10 + 10 + 10]
+    for decision, used in zip(admissions, expected, strict=True):
+        clock.set(decision.now_ms + MINUTE)
+        got = await store.acquire(KEY, pol, Cost(1, 10))
+        assert got.state("tokens/minute").used == used
+    clock.set(admissions[-1].now_ms + MINUTE + 5000)
+    assert (await store.peek(KEY, pol)).state("tokens/minute").used == 30
+    assert (await store.acquire(KEY, pol, Cost(1, 970))).allowed
+
+
 async def test_a_refunded_budget_is_fully_usable(store: Store, clock: ManualClock) -> None:
     pol = policy(tpm=1000)
     first = await store.acquire(KEY, pol, Cost(1, 1000))
@@ -675,12 +696,76 @@ async def test_embedded_log_memory_is_bounded(clock: ManualClock) -> None:
 async def test_redis_recovers_from_a_flushed_script_cache(store: Store, clock: ManualClock) -> None:
     if not isinstance(store, RedisStore):
         pytest.skip("Redis script cache")
-    pol = policy(rpm=2)
+    pol = policy(rpm=30)
     assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
     # Other tests share this Redis; they recover the same way, which is what this proves.
     await store.redis.script_flush()
-    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
-    assert not (await store.acquire(KEY, pol, Cost(1, 0))).allowed
+    # Concurrent callers share one pipeline: every call in it reloads and succeeds.
+    batch = await asyncio.gather(*(store.acquire(KEY, pol, Cost(1, 0)) for _ in range(20)))
+    assert all(d.allowed for d in batch)
+    await store.redis.script_flush()
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed  # a lone caller, too
+    assert (await store.peek(KEY, pol)).state("requests/minute").used == 22
+
+
+@pytest.mark.parametrize("victim", [0, 3])
+async def test_a_cancelled_caller_does_not_disturb_its_batch(
+    store: Store, clock: ManualClock, victim: int
+) -> None:
+    """Callers of one loop turn share a pipeline; one that gives up before it is sent
+    (the first one, which sends the batch, or any other) consumes nothing, and the rest
+    are admitted as usual."""
+    if not isinstance(store, RedisStore):
+        pytest.skip("the embedded store answers without yielding: nothing to batch")
+    pol = policy(rpm=100)
+    tasks = [asyncio.ensure_future(store.acquire(KEY, pol, Cost(1, 0))) for _ in range(10)]
+    await asyncio.sleep(0)  # every task has started and is waiting for its batch
+    tasks[victim].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[victim], asyncio.CancelledError)
+    others = [r for i, r in enumerate(results) if i != victim]
+    assert all(isinstance(r, Decision) and r.allowed for r in others)
+    assert (await store.peek(KEY, pol)).state("requests/minute").used == 9
+
+
+async def test_redis_unreachable_fails_every_caller(clock: ManualClock) -> None:
+    from tests.processes import free_port  # noqa: PLC0415 - only this test needs it
+
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", clock=clock, timeout_s=2)
+    try:
+        assert not await store.ping()
+        alone = await asyncio.gather(store.acquire(KEY, policy(rpm=1), Cost(1, 0)), return_exceptions=True)
+        batch = await asyncio.gather(
+            *(store.acquire(KEY, policy(rpm=1), Cost(1, 0)) for _ in range(5)), return_exceptions=True
+        )
+        for result in alone + batch:
+            assert isinstance(result, RedisConnectionError | OSError), result
+    finally:
+        await store.close()
+
+
+async def test_a_silent_redis_times_out(clock: ManualClock) -> None:
+    """A server that accepts and never answers: every call ends with TimeoutError."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", clock=clock, timeout_s=0.3)
+    try:
+        assert not await store.ping()
+        results = await asyncio.gather(
+            *(store.acquire(KEY, policy(rpm=1), Cost(1, 0)) for _ in range(4)), return_exceptions=True
+        )
+        assert all(isinstance(r, TimeoutError) for r in results), results
+    finally:
+        await store.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_redis_keys_share_one_hash_tag(redis_url: str, redis_prefix: str) -> None:

@@ -6,44 +6,60 @@
 -- window are the current totals minus the totals of the last entry that left it, so an
 -- admission costs O(log n) whatever the window holds.
 --
--- KEYS: 1 log (zset), 2 meta (hash), 3 refunds (zset)
--- ARGV: 1 op (acquire | peek | charge | refund), 2 now_ms ("" = Redis TIME),
---       3 requests, 4 tokens, 5 admitted_at_ms (refund), 6 trim_max,
---       7-10 day bounds (previous start, start, end, next end),
---       11 daily request limit, 12 daily token limit,
---       13 window count, then per window: length_ms, request limit, token limit
+-- KEYS: 1 log (zset), 2 state (string), 3 refunds (zset: "seq:tokens" scored by the
+--       admission time the refund belongs to).
+--       The state is one string of integers: requests and tokens ever admitted (n, c),
+--       the totals of the last trimmed entry (bn, bc), the last time seen (t), the day
+--       (its start) with its request and token counts (day, dr, dt), the refunded tokens
+--       still in the window (rf, always the sum of the refunds set), the refund sequence
+--       (rs) and the time of the newest log entry (w).
+-- ARGV: 1 one JSON array, decoded in C by cjson (a Python client spends more on encoding
+--       separate arguments, and Lua on parsing them, than on anything else):
+--       [op (acquire | peek | charge | refund), now_ms ("-" = Redis TIME), requests,
+--        tokens, admitted_at_ms (refund), [trim_max, day bounds (previous start, start,
+--        end, next end), daily request limit, daily token limit, window count, then per
+--        window: length_ms, request limit, token limit]]
 -- Returns: {allowed, wait_ms, now_ms, then per limit: used, wait_ms, reset_ms}
 -- in the order (window requests, window tokens)..., day requests, day tokens.
 
-local log, meta, refunds = KEYS[1], KEYS[2], KEYS[3]
-local op = ARGV[1]
-local req, tok = tonumber(ARGV[3]), tonumber(ARGV[4])
-local admitted_at, trim_max = tonumber(ARGV[5]), tonumber(ARGV[6])
+local log, state, refunds = KEYS[1], KEYS[2], KEYS[3]
+local argv = cjson.decode(ARGV[1])
+local op = argv[1]
+local req, tok, admitted_at = argv[3], argv[4], argv[5]
+local spec = argv[6]
+local trim_max = spec[1]
 
 local now
-if ARGV[2] == '' then
+if argv[2] == '-' then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 else
-  now = tonumber(ARGV[2])
+  now = argv[2]
 end
 
-local m = redis.call('HMGET', meta, 'n', 'c', 'bn', 'bc', 't', 'day', 'dr', 'dt', 'rf', 'rs')
+local m = {}
+local packed = redis.call('GET', state)
+if packed then for v in string.gmatch(packed, '%S+') do m[#m + 1] = v end end
 local n, c = tonumber(m[1]) or 0, tonumber(m[2]) or 0
 local bn, bc = tonumber(m[3]) or 0, tonumber(m[4]) or 0
 local last_t = tonumber(m[5]) or 0
 local day, dr, dt = tonumber(m[6]) or -1, tonumber(m[7]) or 0, tonumber(m[8]) or 0
 local rf, rs = tonumber(m[9]) or 0, tonumber(m[10]) or 0
+-- The refunds set is empty unless the stored rf says otherwise: then skip its upkeep.
+local had_refunds = rf > 0
+-- The newest entry's time, for reset_ms without a lookup (0: not known, look it up).
+local last_write = tonumber(m[11])
+if last_write == 0 then last_write = nil end
 -- The clock never runs backwards for a key, even if Redis fails over to a slower host.
 if now < last_t then now = last_t end
 
-local b0, b1, b2, b3 = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local b0, b1, b2, b3 = spec[2], spec[3], spec[4], spec[5]
 local day_start, day_end
 if now < b1 then day_start, day_end = b0, b1
 elseif now < b2 then day_start, day_end = b1, b2
 else day_start, day_end = b2, b3 end
 if day ~= day_start then dr, dt = 0, 0 end
-local day_req_limit, day_tok_limit = tonumber(ARGV[11]), tonumber(ARGV[12])
+local day_req_limit, day_tok_limit = spec[6], spec[7]
 
 local function parse(member)
   return tonumber(string.sub(member, 1, 15)), tonumber(string.sub(member, 17, 31))
@@ -68,12 +84,12 @@ end
 
 local total = redis.call('ZCARD', log)
 local newest_t = nil
-if total > 0 then newest_t = score_at(total - 1) end
+if total > 0 then newest_t = last_write or score_at(total - 1) end
 
-local windows = tonumber(ARGV[13])
-local longest, longest_expired = 0, 0
+local windows = spec[8]
+local longest, longest_expired, longest_en, longest_ec = 0, 0, 0, 0
 for i = 0, windows - 1 do
-  local len = tonumber(ARGV[14 + i * 3])
+  local len = spec[9 + i * 3]
   if len > longest then longest = len end
 end
 
@@ -88,6 +104,7 @@ local changed = false
 if op == 'refund' and tok > 0 then
   if admitted_at > refund_cutoff then
     rs = rs + 1
+    had_refunds = true
     redis.call('ZADD', refunds, admitted_at, rs .. ':' .. tok)
     rf = rf + tok
   end
@@ -107,13 +124,13 @@ local function push(used, w, reset)
 end
 
 for i = 0, windows - 1 do
-  local len = tonumber(ARGV[14 + i * 3])
-  local req_limit, tok_limit = tonumber(ARGV[15 + i * 3]), tonumber(ARGV[16 + i * 3])
+  local len = spec[9 + i * 3]
+  local req_limit, tok_limit = spec[10 + i * 3], spec[11 + i * 3]
   local cutoff = now - len
   local expired = redis.call('ZCOUNT', log, '-inf', cutoff)
-  if len == longest then longest_expired = expired end
   local en, ec = bn, bc
   if expired > 0 then en, ec = parse(redis.call('ZRANGE', log, expired - 1, expired - 1)[1]) end
+  if len == longest then longest_expired, longest_en, longest_ec = expired, en, ec end
   local used_r, used_t = n - en, c - ec
   -- Refunds only ever apply to the longest window (the only one that limits tokens).
   if len == longest then used_t = math.max(0, used_t - rf) end
@@ -156,17 +173,19 @@ if write and (req > 0 or tok > 0) then
   n, c = n + req, c + tok
   dr, dt = dr + req, dt + tok
   redis.call('ZADD', log, now, string.format('%015d:%015d', n, c))
+  last_write = now
   -- Trim a bounded number of expired entries, remembering the totals of the last one.
   local trim = math.min(longest_expired, trim_max)
   if trim > 0 then
-    bn, bc = parse(redis.call('ZRANGE', log, trim - 1, trim - 1)[1])
+    if trim == longest_expired then bn, bc = longest_en, longest_ec
+    else bn, bc = parse(redis.call('ZRANGE', log, trim - 1, trim - 1)[1]) end
     redis.call('ZREMRANGEBYRANK', log, 0, trim - 1)
   end
   -- The caller sees the state after its own admission.
   for i = 0, windows - 1 do
     out[i * 6 + 1] = out[i * 6 + 1] + req
     out[i * 6 + 4] = out[i * 6 + 4] + tok
-    local len = tonumber(ARGV[14 + i * 3])
+    local len = spec[9 + i * 3]
     out[i * 6 + 3] = len
     out[i * 6 + 6] = len
   end
@@ -175,12 +194,13 @@ if write and (req > 0 or tok > 0) then
 end
 
 if changed then
-  redis.call('ZREMRANGEBYSCORE', refunds, '-inf', refund_cutoff)
-  redis.call('HSET', meta, 'n', n, 'c', c, 'bn', bn, 'bc', bc, 't', now,
-    'day', day_start, 'dr', dr, 'dt', dt, 'rf', rf, 'rs', rs)
-  redis.call('PEXPIRE', meta, ttl)
+  redis.call('SET', state, string.format('%d %d %d %d %d %d %d %d %d %d %d',
+    n, c, bn, bc, now, day_start, dr, dt, rf, rs, last_write or 0), 'PX', ttl)
   redis.call('PEXPIRE', log, ttl)
-  redis.call('PEXPIRE', refunds, ttl)
+  if had_refunds then
+    redis.call('ZREMRANGEBYSCORE', refunds, '-inf', refund_cutoff)
+    redis.call('PEXPIRE', refunds, ttl)
+  end
 end
 
 local result = {allowed, wait, now}

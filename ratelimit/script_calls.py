@@ -1,0 +1,117 @@
+"""Calls of one Lua script on Redis, batched into one pipeline when made in the same turn.
+
+A Python client spends far more time per command than Redis does running the limiter, so
+callers that arrive in the same event-loop turn share one pipeline: one write, one read,
+each script call still atomic and in arrival order. A lone caller waits one turn and sends
+its call directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+
+@dataclass(slots=True)
+class _Call:
+    keys: list[str]
+    line: str
+    future: asyncio.Future[Any]
+
+
+class ScriptCalls:
+    """EVALSHA of ``script``, reloading it when Redis has lost it (restart, SCRIPT FLUSH)."""
+
+    def __init__(self, redis: Redis, script: str, timeout_s: float) -> None:
+        self.redis = redis
+        self.script = script
+        self.timeout_s = timeout_s
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
+        self._forming: list[_Call] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def call(self, keys: list[str], line: str) -> Any:
+        """The script's reply for ``keys`` and the one argument ``line``."""
+        loop = asyncio.get_running_loop()
+        if self._forming is not None:
+            joined = _Call(keys, line, loop.create_future())
+            self._forming.append(joined)
+            return await joined.future
+        own = _Call(keys, line, loop.create_future())
+        forming = [own]
+        self._forming = forming
+        try:
+            await asyncio.sleep(0)  # every caller ready in this turn joins the batch
+        except asyncio.CancelledError:
+            own.future.cancel()
+            raise
+        finally:
+            self._forming = None
+            if len(forming) > 1:
+                # A task of its own, so that a caller who gives up (cancelled) cannot take
+                # the others' calls down with it.
+                task = asyncio.ensure_future(self._send(forming))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        if len(forming) == 1:
+            return await self._one(keys, line)
+        return await own.future
+
+    async def drain(self) -> None:
+        """Wait for batches already sent (before closing the connection)."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _one(self, keys: list[str], line: str) -> Any:
+        try:
+            return await self.redis.evalsha(self.sha, len(keys), *keys, line)
+        except NoScriptError:
+            await self.redis.script_load(self.script)
+            return await self.redis.evalsha(self.sha, len(keys), *keys, line)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        live = [c for c in batch if not c.future.done()]
+        if not live:
+            return
+        results: list[Any]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                results = await self._pipeline(live)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else ConnectionError("limiter batch cancelled")
+            results = [failure] * len(live)
+            if not isinstance(exc, Exception):
+                self._settle(live, results)
+                raise
+        self._settle(live, results)
+
+    @staticmethod
+    def _settle(calls: list[_Call], results: list[Any]) -> None:
+        for c, result in zip(calls, results, strict=True):
+            if c.future.done():
+                continue
+            if isinstance(result, BaseException):
+                c.future.set_exception(result)
+            else:
+                c.future.set_result(result)
+
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        results = await self._execute(calls)
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:
+            await self.redis.script_load(self.script)
+            again = await self._execute([calls[i] for i in lost])
+            for i, result in zip(lost, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for c in calls:
+            pipe.evalsha(self.sha, len(c.keys), *c.keys, c.line)
+        return await pipe.execute(raise_on_error=False)
