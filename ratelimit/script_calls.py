@@ -1,9 +1,9 @@
 """Calls of one Lua script on Redis, batched into one pipeline when made in the same turn.
 
 A Python client spends far more time per command than Redis does running the limiter, so
-callers that arrive in the same event-loop turn share one pipeline: one write, one read,
-each script call still atomic and in arrival order. A lone caller waits one turn and sends
-its call directly.
+callers that arrive in the same event-loop turn while others are waiting share one
+pipeline: one write, one read, each script call still atomic and in arrival order. A call
+made while none is under way goes out at once, on its own.
 """
 
 from __future__ import annotations
@@ -34,9 +34,17 @@ class ScriptCalls:
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self._forming: list[_Call] | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._alone = 0  # calls under way on their own
 
     async def call(self, keys: list[str], line: str) -> Any:
         """The script's reply for ``keys`` and the one argument ``line``."""
+        if self._forming is None and not self._alone and not self._sending:
+            # Nothing under way: waiting a turn for company would only add latency.
+            self._alone += 1
+            try:
+                return await self._one(keys, line)
+            finally:
+                self._alone -= 1
         loop = asyncio.get_running_loop()
         if self._forming is not None:
             joined = _Call(keys, line, loop.create_future())
@@ -59,7 +67,11 @@ class ScriptCalls:
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
         if len(forming) == 1:
-            return await self._one(keys, line)
+            self._alone += 1
+            try:
+                return await self._one(keys, line)
+            finally:
+                self._alone -= 1
         return await own.future
 
     async def drain(self) -> None:

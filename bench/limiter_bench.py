@@ -1,0 +1,241 @@
+"""What one admission through the rate-limit core costs, next to its ceiling and to `limits`.
+
+Prints markdown tables of medians over several rounds, measured side by side in one run:
+- admissions/s from one asyncio process with 1 and 50 concurrent callers on one budget,
+  weighted (1,500 tokens), four limits set too high to bind: the Redis store (Redis server
+  time), the embedded store, a bare EVALSHA of a trivial script (the ceiling of one Python
+  process making one call per command) and the `limits` library's moving window
+  (`MovingWindowRateLimiter` on `limits.aio.storage.RedisStorage`, weighted: cost=1500);
+- time per admission with 10 and with 100,000 entries in the window, in steady state (an
+  injected clock moves so that each admission pushes one old entry out): one call at a
+  time, and for Redis also pipelined (close to Redis's own time per call).
+
+Traffic goes only to the Redis of REDIS_URL (default 127.0.0.1:6379), under key prefixes
+of its own, deleted at the end. Bounded: about a minute with the defaults.
+    python bench/limiter_bench.py [--rounds 3] [--seconds 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import Redis
+from redis.utils import HIREDIS_AVAILABLE
+
+from ratelimit import Cost, EmbeddedStore, Limits, RedisStore, Store
+from ratelimit.redis_store import SCRIPT
+from ratelimit.store import args, wire
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TOKENS = 1_500
+COST = Cost(1, TOKENS)
+# Too high to bind: every call is a full admission that writes.
+WIDE = Limits(rpm=10**9, tpm=10**13, rpd=10**10, tpd=10**15).policy()
+SIZES = (10, 100_000)
+T0 = 1_700_000_000_000
+CALLERS = (1, 50)
+
+Op = Callable[[], Awaitable[object]]
+Table = dict[str, dict[int, float]]
+
+
+async def rate(op: Op, callers: int, seconds: float) -> float:
+    """Operations per second with ``callers`` tasks calling ``op`` back to back."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await op()
+            done += 1
+
+    await op()  # connections made and script loaded before the clock starts
+    gc.collect()
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return done / (time.perf_counter() - started)
+
+
+async def throughput_round(prefix: str, seconds: float) -> Table:
+    redis = Redis.from_url(REDIS_URL, socket_timeout=None)
+    trivial = await redis.script_load("return 1")
+    redis_store = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    embedded = EmbeddedStore()
+    storage = RedisStorage(
+        REDIS_URL.replace("redis://", "async+redis://"),
+        implementation="redispy",
+        key_prefix=f"{prefix}-limits",
+    )
+    moving = MovingWindowRateLimiter(storage)
+    item = RateLimitItemPerMinute(10**9)
+    ops: dict[str, Op] = {
+        "bare EVALSHA `return 1` (ceiling)": lambda: redis.evalsha(trivial, 0),
+        "Redis store": lambda: redis_store.acquire("t", WIDE, COST),
+        "embedded store": lambda: embedded.acquire("t", WIDE, COST),
+        "`limits` moving window, cost=1500": lambda: moving.hit(item, "t", cost=TOKENS),
+    }
+    out: Table = {}
+    try:
+        for name, op in ops.items():
+            for callers in CALLERS:
+                out.setdefault(name, {})[callers] = await rate(op, callers, seconds)
+                # Every measurement starts from an empty budget.
+                await redis_store.reset("t")
+                await embedded.reset("t")
+                await moving.clear(item, "t")
+    finally:
+        await redis_store.close()
+        await redis.aclose()
+    return out
+
+
+class StepClock:
+    """An injected clock that moves ``step`` ms per call: a window of steady size."""
+
+    def __init__(self, step: float) -> None:
+        self.step, self.calls = step, 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return T0 + int(self.calls * self.step)
+
+
+async def fill(store: Store, clock: StepClock, entries: int) -> None:
+    """Admit ``entries`` costs through the store's own script (pipelined for Redis)."""
+    if isinstance(store, RedisStore):
+        keys = store.keys("k")
+        sha = await store.redis.script_load(SCRIPT)
+        for start in range(0, entries, 2_000):
+            pipe = store.redis.pipeline(transaction=False)
+            for _ in range(min(2_000, entries - start)):
+                now = clock()
+                pipe.evalsha(sha, len(keys), *keys, wire(args(WIDE, "acquire", COST, now, now)))
+            await pipe.execute()
+    else:
+        for _ in range(entries):
+            await store.acquire("k", WIDE, COST)
+
+
+async def one_by_one_us(store: Store, calls: int) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    for _ in range(calls):
+        if not (await store.acquire("k", WIDE, COST)).allowed:
+            raise AssertionError("a limit bound during the benchmark")
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+async def pipelined_us(store: RedisStore, clock: StepClock, calls: int) -> float:
+    keys = store.keys("k")
+    sha = await store.redis.script_load(SCRIPT)
+    pipe = store.redis.pipeline(transaction=False)
+    for _ in range(calls):
+        now = clock()
+        pipe.evalsha(sha, len(keys), *keys, wire(args(WIDE, "acquire", COST, now, now)))
+    gc.collect()
+    started = time.perf_counter()
+    results = await pipe.execute()
+    elapsed = time.perf_counter() - started
+    if not all(r[0] == 1 for r in results):
+        raise AssertionError("a limit bound during the benchmark")
+    return elapsed / calls * 1e6
+
+
+async def window_costs(prefix: str, rounds: int) -> tuple[Table, dict[int, int]]:
+    """Median time per admission at each window size, per store and mode."""
+    samples: dict[str, dict[int, list[float]]] = {}
+    held: dict[int, int] = {}
+    for entries in SIZES:
+        clock = StepClock(60_000 / entries)
+        redis_store = RedisStore.from_url(REDIS_URL, prefix=f"{prefix}-w{entries}", clock=clock)
+        embedded = EmbeddedStore(clock=clock)
+        try:
+            for store in (redis_store, embedded):
+                clock.calls = 0
+                await fill(store, clock, entries)
+                count = (await store.peek("k", WIDE)).state("requests/minute").used
+                if count < entries - 2:  # the oldest one or two have just left
+                    raise AssertionError(f"window holds {count}, not {entries}")
+                held[entries] = count
+            for _ in range(rounds):
+                runs = {
+                    "Redis store, one call at a time": lambda: one_by_one_us(redis_store, 1_000),
+                    "Redis store, pipelined (~ Redis time)": lambda: pipelined_us(redis_store, clock, 3_000),
+                    "embedded store": lambda: one_by_one_us(embedded, 5_000),
+                }
+                for name, run in runs.items():
+                    samples.setdefault(name, {}).setdefault(entries, []).append(await run())
+        finally:
+            await redis_store.reset("k")
+            await redis_store.close()
+    medians = {name: {n: statistics.median(v) for n, v in row.items()} for name, row in samples.items()}
+    return medians, held
+
+
+def median_table(rounds: list[Table]) -> Table:
+    return {
+        name: {col: statistics.median(r[name][col] for r in rounds) for col in rounds[0][name]}
+        for name in rounds[0]
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.5, help="length of each throughput run")
+    opts = parser.parse_args()
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    began = time.perf_counter()
+    speed = []
+    for i in range(opts.rounds):
+        speed.append(await throughput_round(f"{prefix}-{i}", opts.seconds))
+        print(f"throughput round {i + 1}/{opts.rounds} done at {time.perf_counter() - began:.0f} s", flush=True)
+    cost, held = await window_costs(prefix, opts.rounds)
+    print(f"window costs done at {time.perf_counter() - began:.0f} s", flush=True)
+
+    redis = Redis.from_url(REDIS_URL)
+    version = (await redis.info("server"))["redis_version"]
+    await redis.aclose()
+    print(
+        f"\nRedis {version}, redis-py with hiredis {'on' if HIREDIS_AVAILABLE else 'off'}, "
+        f"{os.cpu_count()} CPUs; medians of {opts.rounds} rounds, {opts.seconds:g} s per throughput run\n"
+    )
+    table = median_table(speed)
+    print("| admissions/s, one process, one budget, 1,500 tokens | 1 caller | 50 callers |")
+    print("|---|---:|---:|")
+    for name, row in table.items():
+        print(f"| {name} | {row[1]:,.0f} | {row[50]:,.0f} |")
+    ceiling, store, ref = (
+        "bare EVALSHA `return 1` (ceiling)",
+        "Redis store",
+        "`limits` moving window, cost=1500",
+    )
+    for callers in CALLERS:
+        of_ceiling = statistics.median(r[store][callers] / r[ceiling][callers] for r in speed)
+        of_ref = statistics.median(r[store][callers] / r[ref][callers] for r in speed)
+        print(
+            f"\nRedis store, {callers} caller(s): {of_ceiling:.0%} of the bare EVALSHA ceiling, "
+            f"{of_ref:.1f}x the `limits` moving window (per-round ratios, median)",
+            end="",
+        )
+    print("\n\n| us per admission, steady window | 10 entries | 100,000 entries | ratio |")
+    print("|---|---:|---:|---:|")
+    for name, row in cost.items():
+        print(f"| {name} | {row[10]:.1f} | {row[100_000]:.1f} | {row[100_000] / row[10]:.2f} |")
+    print(f"\n(entries in the window when measured: {held[10]:,} and {held[100_000]:,})")
+    print(f"total run time {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
