@@ -76,11 +76,13 @@ class Dispatcher:
         queue: TicketQueue,
         max_concurrency: int,
         on_admit: Callable[[Ticket, Decision], None] | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.limiter = limiter
         self.key = key
         self.queue = queue
         self.max_concurrency = max_concurrency
+        self.batch_size = batch_size
         self.in_flight = 0
         self.paused_until = 0.0  # monotonic
         self.last_decision: Decision | None = None
@@ -197,6 +199,11 @@ class Dispatcher:
             await self._wake.wait(paused)
             return
 
+        batch = self._batch(head)
+        if len(batch) > 1:
+            await self._admit_batch(batch)
+            return
+
         head.state = State.ADMITTING
         try:
             decision = await self.limiter.acquire(self.key, head.cost)
@@ -207,20 +214,7 @@ class Dispatcher:
             await self._wake.wait(STORE_RETRY_S)
             return
         self.last_decision = decision
-
-        if head.state is not State.ADMITTING:
-            # The caller left (or shutdown began) during the store round trip.
-            if decision.allowed:
-                await self.return_tokens(head, decision)
-            return
-        if decision.allowed:
-            self.queue.leave(head, State.GRANTED)
-            self.in_flight += 1
-            head.decision = decision
-            if self._on_admit is not None:
-                self._on_admit(head, decision)
-            assert head.future is not None
-            head.future.set_result(decision)
+        if not await self._settle(head, decision):
             return
 
         head.state = State.QUEUED
@@ -229,6 +223,65 @@ class Dispatcher:
             await self._wake.wait(max(decision.wait_ms, 1) / 1000)
         finally:
             self._watching = None
+
+    async def _settle(self, ticket: Ticket, decision: Decision) -> bool:
+        """Grant an allowed ticket; True only if it was denied and is still waiting."""
+        if ticket.state is not State.ADMITTING:
+            # The caller left (or shutdown began) during the store round trip.
+            if decision.allowed:
+                await self.return_tokens(ticket, decision)
+            return False
+        if not decision.allowed:
+            return True
+        self.queue.leave(ticket, State.GRANTED)
+        self.in_flight += 1
+        ticket.decision = decision
+        if self._on_admit is not None:
+            self._on_admit(ticket, decision)
+        assert ticket.future is not None
+        ticket.future.set_result(decision)
+        return False
+
+    def _batch(self, head: Ticket) -> list[Ticket]:
+        """The next tickets to ask about at once, or just the head.
+
+        A shared store costs a network round trip per admission; asked one at a time, that
+        round trip caps the gateway's rate. Far from every limit, several queued tickets are
+        asked about concurrently: all of them fit, so queue order is kept. Near a limit (less
+        than twice the batch's cost left in any limit, as of the latest decision) admission
+        goes one at a time again, so a denied head is never overtaken.
+        """
+        free = self.max_concurrency - self.in_flight
+        last = self.last_decision
+        if self.batch_size < 2 or free < 2 or last is None or not last.allowed:
+            return [head]
+        tickets = self.queue.first(min(self.batch_size, free))
+        requests, tokens = len(tickets), sum(t.cost.tokens for t in tickets)
+        for state in last.states:
+            if state.limit and state.remaining < 2 * (requests if state.name.startswith("req") else tokens):
+                return [head]
+        return tickets
+
+    async def _admit_batch(self, batch: list[Ticket]) -> None:
+        for ticket in batch:
+            ticket.state = State.ADMITTING
+        results = await asyncio.gather(
+            *(self.limiter.acquire(self.key, t.cost) for t in batch), return_exceptions=True
+        )
+        failed = False
+        for ticket, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = True
+                if ticket.state is State.ADMITTING:
+                    ticket.state = State.QUEUED
+                continue
+            if self.last_decision is None or result.now_ms >= self.last_decision.now_ms:
+                self.last_decision = result
+            if await self._settle(ticket, result):
+                ticket.state = State.QUEUED  # denied: the next step waits for it alone
+        if failed:
+            log.error("limiter store error; admission retries in %.1fs", STORE_RETRY_S)
+            await self._wake.wait(STORE_RETRY_S)
 
     async def return_tokens(self, ticket: Ticket, decision: Decision) -> None:
         """An admission that will not be sent: give its tokens back (the request stays counted)."""

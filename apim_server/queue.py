@@ -105,6 +105,17 @@ class TicketQueue:
                 waiting.popleft()
         return None
 
+    def first(self, n: int) -> list[Ticket]:
+        """Up to ``n`` waiting tickets in admission order (those not being admitted already)."""
+        out: list[Ticket] = []
+        for waiting in self._classes:
+            for entry in waiting:
+                if entry[0] == entry[1].generation and entry[1].state is State.QUEUED:
+                    out.append(entry[1])
+                    if len(out) == n:
+                        return out
+        return out
+
     def leave(self, ticket: Ticket, state: State) -> bool:
         """Take ``ticket`` out (granted, cancelled, answered); False if it was not waiting."""
         if not ticket.waiting:

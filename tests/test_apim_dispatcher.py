@@ -144,3 +144,34 @@ async def test_close_fails_every_waiting_ticket(running: list[Dispatcher]) -> No
         await queued.future  # type: ignore[misc]
     with pytest.raises(Closed):
         d.submit(Ticket(Priority.NORMAL, Cost(1, 0)))
+
+
+def make_batched(limits: Limits, batch: int = 8) -> Dispatcher:
+    return Dispatcher(Limiter(limits, EmbeddedStore()), KEY, TicketQueue(100), 100, batch_size=batch)
+
+
+async def test_far_from_the_limits_tickets_are_admitted_in_batches(running: list[Dispatcher]) -> None:
+    d = start(make_batched(Limits(rpm=1000, tpm=100_000)), running)
+    warm = Ticket(Priority.NORMAL, Cost(1, 10))
+    d.submit(warm)
+    assert await granted(warm)
+    tickets = [Ticket(Priority.NORMAL, Cost(1, 10)) for _ in range(20)]
+    for t in tickets:
+        d.submit(t)
+    assert all([await granted(t) for t in tickets])
+    decisions = [t.decision for t in tickets]
+    assert all(dec is not None and dec.allowed for dec in decisions)
+    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 21
+
+
+async def test_near_a_limit_batches_stop_and_order_holds(running: list[Dispatcher]) -> None:
+    d = start(make_batched(Limits(tpm=100)), running)
+    fill = Ticket(Priority.NORMAL, Cost(1, 60))
+    d.submit(fill)
+    assert await granted(fill)
+    big, small = Ticket(Priority.NORMAL, Cost(1, 45)), Ticket(Priority.NORMAL, Cost(1, 5))
+    d.submit(big)
+    d.submit(small)
+    # Asked together, the small one would fit and overtake the big one.
+    assert not await granted(small, within=0.3)
+    assert (await d.limiter.peek(KEY)).state("tokens/minute").used == 60
