@@ -170,12 +170,12 @@ async def window_costs(prefix: str, rounds: int) -> tuple[Table, dict[int, int]]
                 held[entries] = count
             for _ in range(rounds):
                 runs = {
-                    "Redis store, one call at a time": lambda: one_by_one_us(redis_store, 1_000),
-                    "Redis store, pipelined (~ Redis time)": lambda: pipelined_us(redis_store, clock, 3_000),
-                    "embedded store": lambda: one_by_one_us(embedded, 5_000),
+                    "Redis store, one call at a time": one_by_one_us(redis_store, 1_000),
+                    "Redis store, pipelined (~ Redis time)": pipelined_us(redis_store, clock, 3_000),
+                    "embedded store": one_by_one_us(embedded, 5_000),
                 }
-                for name, run in runs.items():
-                    samples.setdefault(name, {}).setdefault(entries, []).append(await run())
+                for name, run in runs.items():  # awaited one after the other, never together
+                    samples.setdefault(name, {}).setdefault(entries, []).append(await run)
         finally:
             await redis_store.reset("k")
             await redis_store.close()
@@ -200,7 +200,8 @@ async def main() -> None:
     speed = []
     for i in range(opts.rounds):
         speed.append(await throughput_round(f"{prefix}-{i}", opts.seconds))
-        print(f"throughput round {i + 1}/{opts.rounds} done at {time.perf_counter() - began:.0f} s", flush=True)
+        elapsed = time.perf_counter() - began
+        print(f"throughput round {i + 1}/{opts.rounds} done at {elapsed:.0f} s", flush=True)
     cost, held = await window_costs(prefix, opts.rounds)
     print(f"window costs done at {time.perf_counter() - began:.0f} s", flush=True)
 

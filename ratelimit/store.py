@@ -63,12 +63,15 @@ def labels(policy: Policy) -> tuple[tuple[str, int], ...]:
 
 
 def decode(policy: Policy, raw: list[int]) -> Decision:
-    """Build a Decision from the flat list both stores produce."""
+    """Build a Decision from the flat list both stores produce (integers already: Redis
+    answers a script's numbers as integers)."""
     states = tuple(
-        LimitState(name, limit, int(raw[3 + i * 3]), int(raw[4 + i * 3]), int(raw[5 + i * 3]))
-        for i, (name, limit) in enumerate(labels(policy))
+        [
+            LimitState(name, limit, raw[i], raw[i + 1], raw[i + 2])
+            for i, (name, limit) in zip(range(3, len(raw), 3), labels(policy), strict=True)
+        ]
     )
-    return Decision(bool(raw[0]), int(raw[1]), int(raw[2]), states)
+    return Decision(bool(raw[0]), raw[1], raw[2], states)
 
 
 def spec(policy: Policy, day_ref_ms: int) -> str:
