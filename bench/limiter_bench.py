@@ -10,9 +10,13 @@ Prints markdown tables of medians over several rounds, measured side by side in 
   injected clock moves so that each admission pushes one old entry out): one call at a
   time, and for Redis also pipelined (close to Redis's own time per call).
 
+With ``--before REV`` the throughput table also has the Redis store as it was at git
+revision REV (extracted with ``git archive`` into a temporary package), measured in the
+same rounds: before/after figures side by side.
+
 Traffic goes only to the Redis of REDIS_URL (default 127.0.0.1:6379), under key prefixes
 of its own, deleted at the end. Bounded: about a minute with the defaults.
-    python bench/limiter_bench.py [--rounds 3] [--seconds 1.5]
+    python bench/limiter_bench.py [--rounds 3] [--seconds 1.5] [--before REV]
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
+import io
 import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
@@ -47,6 +61,23 @@ CALLERS = (1, 50)
 
 Op = Callable[[], Awaitable[object]]
 Table = dict[str, dict[int, float]]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_revision(rev: str, into: Path) -> ModuleType:
+    """The ``ratelimit`` package of git revision ``rev``, importable as ``ratelimit_before``."""
+    tar = subprocess.run(["git", "archive", rev, "ratelimit"], cwd=ROOT, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        archive.extractall(into, filter="data")
+    package = into / "ratelimit_before"
+    (into / "ratelimit").rename(package)
+    for source in package.rglob("*.py"):
+        text = source.read_text()
+        text = text.replace("from ratelimit.", "from ratelimit_before.")
+        text = text.replace('files("ratelimit")', 'files("ratelimit_before")')
+        source.write_text(text)
+    sys.path.insert(0, str(into))
+    return importlib.import_module("ratelimit_before")
 
 
 async def rate(op: Op, callers: int, seconds: float) -> float:
@@ -67,7 +98,7 @@ async def rate(op: Op, callers: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-async def throughput_round(prefix: str, seconds: float) -> Table:
+async def throughput_round(prefix: str, seconds: float, before: tuple[str, ModuleType] | None) -> Table:
     redis = Redis.from_url(REDIS_URL, socket_timeout=None)
     trivial = await redis.script_load("return 1")
     redis_store = RedisStore.from_url(REDIS_URL, prefix=prefix)
@@ -85,6 +116,13 @@ async def throughput_round(prefix: str, seconds: float) -> Table:
         "embedded store": lambda: embedded.acquire("t", WIDE, COST),
         "`limits` moving window, cost=1500": lambda: moving.hit(item, "t", cost=TOKENS),
     }
+    old_store: Any = None
+    if before is not None:
+        rev, old = before
+        old_store = old.RedisStore.from_url(REDIS_URL, prefix=f"{prefix}-before")
+        old_policy = old.Limits(rpm=10**9, tpm=10**13, rpd=10**10, tpd=10**15).policy()
+        old_cost = old.Cost(1, TOKENS)
+        ops[f"Redis store before ({rev})"] = lambda: old_store.acquire("t", old_policy, old_cost)
     out: Table = {}
     try:
         for name, op in ops.items():
@@ -94,7 +132,11 @@ async def throughput_round(prefix: str, seconds: float) -> Table:
                 await redis_store.reset("t")
                 await embedded.reset("t")
                 await moving.clear(item, "t")
+                if old_store is not None:
+                    await old_store.reset("t")
     finally:
+        if old_store is not None:
+            await old_store.close()
         await redis_store.close()
         await redis.aclose()
     return out
@@ -194,12 +236,26 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.5, help="length of each throughput run")
+    parser.add_argument("--before", metavar="REV", help="also measure the Redis store of this git revision")
     opts = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     began = time.perf_counter()
+    before = None
+    workdir = Path(tempfile.mkdtemp(prefix="limiter-bench-"))
+    try:
+        if opts.before:
+            before = (opts.before, load_revision(opts.before, workdir))
+        await measure_and_print(opts, prefix, began, before)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def measure_and_print(
+    opts: argparse.Namespace, prefix: str, began: float, before: tuple[str, ModuleType] | None
+) -> None:
     speed = []
     for i in range(opts.rounds):
-        speed.append(await throughput_round(f"{prefix}-{i}", opts.seconds))
+        speed.append(await throughput_round(f"{prefix}-{i}", opts.seconds, before))
         elapsed = time.perf_counter() - began
         print(f"throughput round {i + 1}/{opts.rounds} done at {elapsed:.0f} s", flush=True)
     cost, held = await window_costs(prefix, opts.rounds)
@@ -227,9 +283,14 @@ async def main() -> None:
         of_ref = statistics.median(r[store][callers] / r[ref][callers] for r in speed)
         print(
             f"\nRedis store, {callers} caller(s): {of_ceiling:.0%} of the bare EVALSHA ceiling, "
-            f"{of_ref:.1f}x the `limits` moving window (per-round ratios, median)",
+            f"{of_ref:.1f}x the `limits` moving window",
             end="",
         )
+        if before is not None:
+            old_name = f"Redis store before ({before[0]})"
+            of_before = statistics.median(r[store][callers] / r[old_name][callers] for r in speed)
+            print(f", {of_before:.2f}x the store before", end="")
+    print("\n(ratios: median of the per-round ratios)", end="")
     print("\n\n| us per admission, steady window | 10 entries | 100,000 entries | ratio |")
     print("|---|---:|---:|---:|")
     for name, row in cost.items():
