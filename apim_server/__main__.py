@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
+from apim_server import logs
 from apim_server.app import create_app
 from apim_server.config import Settings, describe_error
 
@@ -47,13 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(EXIT_BAD_SETTINGS)
 
-    logging.basicConfig(
-        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO: our own line per request says more, once.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(settings.log_level)
     common = {
         "host": args.host,
         "port": args.port,

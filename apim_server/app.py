@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from apim_server import routes
+from apim_server import logs, routes
 from apim_server.chat import chat_completions
 from apim_server.config import Settings
 from apim_server.gateway import Gateway
@@ -81,16 +82,22 @@ class GatewayApp:
 def create_app(settings: Settings | None = None) -> GatewayApp:
     """The gateway app; settings from the environment unless given."""
     settings = settings or Settings()
+    # Here rather than in main(): with --workers each worker process builds its own app.
+    logs.configure(settings.log_level)
     gateway = Gateway(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
         _hook_signals(gateway.begin_shutdown)
+        # What start-up built lives until exit: keep it out of the collector's full passes.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             await gateway.stop()
+            logs.flush()
 
     api = FastAPI(title="apim", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     api.state.gateway = gateway
