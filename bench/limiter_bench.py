@@ -80,8 +80,13 @@ def load_revision(rev: str, into: Path) -> ModuleType:
     return importlib.import_module("ratelimit_before")
 
 
-async def rate(op: Op, callers: int, seconds: float) -> float:
-    """Operations per second with ``callers`` tasks calling ``op`` back to back."""
+CPU = 0  # the column of client CPU per operation, next to the caller counts
+
+
+async def rate(op: Op, callers: int, seconds: float) -> tuple[float, float]:
+    """Operations per second with ``callers`` tasks calling ``op`` back to back, and this
+    process's CPU time per operation in microseconds (steadier than wall time on a busy
+    machine: it is what one client process spends, whoever else runs)."""
     done = 0
     stop_at = time.perf_counter() + seconds
 
@@ -93,9 +98,9 @@ async def rate(op: Op, callers: int, seconds: float) -> float:
 
     await op()  # connections made and script loaded before the clock starts
     gc.collect()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(caller() for _ in range(callers)))
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), (time.process_time() - cpu) / done * 1e6
 
 
 async def throughput_round(prefix: str, seconds: float, before: tuple[str, ModuleType] | None) -> Table:
@@ -127,7 +132,10 @@ async def throughput_round(prefix: str, seconds: float, before: tuple[str, Modul
     try:
         for name, op in ops.items():
             for callers in CALLERS:
-                out.setdefault(name, {})[callers] = await rate(op, callers, seconds)
+                per_s, cpu_us = await rate(op, callers, seconds)
+                out.setdefault(name, {})[callers] = per_s
+                if callers == 50:
+                    out[name][CPU] = cpu_us
                 # Every measurement starts from an empty budget.
                 await redis_store.reset("t")
                 await embedded.reset("t")
@@ -269,10 +277,13 @@ async def measure_and_print(
         f"{os.cpu_count()} CPUs; medians of {opts.rounds} rounds, {opts.seconds:g} s per throughput run\n"
     )
     table = median_table(speed)
-    print("| admissions/s, one process, one budget, 1,500 tokens | 1 caller | 50 callers |")
-    print("|---|---:|---:|")
+    print(
+        "| one process, one budget, 1,500 tokens | admissions/s, 1 caller | admissions/s, 50 callers "
+        "| client CPU us per admission, 50 callers |"
+    )
+    print("|---|---:|---:|---:|")
     for name, row in table.items():
-        print(f"| {name} | {row[1]:,.0f} | {row[50]:,.0f} |")
+        print(f"| {name} | {row[1]:,.0f} | {row[50]:,.0f} | {row[CPU]:.0f} |")
     ceiling, store, ref = (
         "bare EVALSHA `return 1` (ceiling)",
         "Redis store",

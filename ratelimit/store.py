@@ -39,7 +39,13 @@ class Store(ABC):
 
     @abstractmethod
     async def refund(self, key: str, policy: Policy, tokens: int, admitted_at_ms: int) -> Decision:
-        """Return unused tokens of an admission made at ``admitted_at_ms`` (opt-in mode)."""
+        """Return unused tokens of an admission made at ``admitted_at_ms`` (opt-in mode):
+        pass the admission's ``Decision.now_ms``. The refund leaves the sliding window
+        together with that admission, and comes off the day only if it was made today.
+
+        While refunds are in the window a denial's ``wait_ms`` is a lower bound, not exact:
+        a refund leaving with its admission frees less than the admission's full cost, so
+        the caller may be told to wait once more."""
 
     @abstractmethod
     async def reset(self, key: str) -> None:
