@@ -503,6 +503,27 @@ async def test_refunds_leave_while_admissions_continue(store: Store, clock: Manu
     assert (await store.acquire(KEY, pol, Cost(1, 970))).allowed
 
 
+async def test_with_refunds_the_wait_is_never_too_long(store: Store, clock: ManualClock) -> None:
+    """A refund leaves with its admission, so the first admission's leaving frees only its
+    net cost: the wait a denial names is a lower bound, never more than the truth."""
+    pol = policy(tpm=1000)
+    first = await store.acquire(KEY, pol, Cost(1, 600))
+    await store.refund(KEY, pol, 500, first.now_ms)
+    clock.advance(1000)
+    await store.acquire(KEY, pol, Cost(1, 800))
+    clock.advance(1000)
+    denied = await store.acquire(KEY, pol, Cost(1, 400))
+    assert denied.wait_ms == MINUTE - 2000  # when the first admission leaves
+    clock.advance(denied.wait_ms - 1)
+    assert not (await store.acquire(KEY, pol, Cost(1, 400))).allowed
+    clock.advance(1)
+    again = await store.acquire(KEY, pol, Cost(1, 400))
+    assert not again.allowed  # only 100 net left with it: 800 still in the window
+    assert again.wait_ms == 1000  # no refunds left in the window: exact again
+    clock.advance(1000)
+    assert (await store.acquire(KEY, pol, Cost(1, 400))).allowed
+
+
 async def test_a_refunded_budget_is_fully_usable(store: Store, clock: ManualClock) -> None:
     pol = policy(tpm=1000)
     first = await store.acquire(KEY, pol, Cost(1, 1000))
