@@ -17,6 +17,7 @@ from llm_mock_server.completion import vocabulary
 from llm_mock_server.config import MockSettings
 from llm_mock_server.faults import DROP_SCOPE_KEY, DROP_SENTINEL
 from llm_mock_server.logs import flush_request_log
+from llm_mock_server.openapi import install as install_openapi
 from llm_mock_server.routes import REQUEST_ID_KEY, MockService
 from openai_wire.errors import install
 from ratelimit.limiter import Limiter, open_store
@@ -125,4 +126,5 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
     api = FastAPI(title="llm-mock", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     install(api)
     service.install(api)
+    install_openapi(api, settings)
     return MockApp(api, service)

@@ -13,6 +13,8 @@ from starlette.requests import ClientDisconnect
 from openai_wire.errors import APIError
 from openai_wire.schemas import ChatCompletionRequest
 
+TOO_DEEP = "The JSON body of your request is nested too deeply."
+
 
 def too_large(limit: int) -> APIError:
     return APIError(
@@ -76,6 +78,9 @@ def parse(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
         ) from None
+    except RecursionError:
+        # The C decoder recurses once per level: a small body of brackets reaches the limit.
+        raise APIError(400, TOO_DEEP, code="invalid_request") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_request")
     try:

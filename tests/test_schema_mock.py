@@ -1,0 +1,66 @@
+"""Schemathesis against the mock's own OpenAPI schema: no 5xx, no answer outside the schema.
+
+The schema is built in-process from the same settings as the running mock (and checked equal
+to what it serves); every generated request goes to the real process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from llm_mock_server.app import create_app
+from llm_mock_server.config import MockSettings
+from tests.processes import Service, running
+
+ENV = {
+    "MOCK_RPM_LIMIT": "0",
+    "MOCK_TPM_LIMIT": "0",
+    "MOCK_RPD_LIMIT": "0",
+    "MOCK_TPD_LIMIT": "0",
+    "MOCK_REDIS_URL": "",
+    "MOCK_LOG_REQUESTS": "false",
+    "MOCK_MAX_BODY_BYTES": "65536",
+}
+SETTINGS = MockSettings(**{k.removeprefix("MOCK_").lower(): v for k, v in ENV.items()})
+OPENAPI = create_app(SETTINGS).api.openapi()
+schema = schemathesis.openapi.from_dict(OPENAPI)
+# Enough examples to reach every branch of a small API; the module stays well under a minute.
+EXAMPLES = 60
+
+
+@schema.hook
+def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrategy[Any]:
+    """Random model names are all 404s: name a served model in most cases so the rest of the
+    body is exercised too."""
+    if isinstance(body, dict) and "model" in body:
+        return st.sampled_from([body["model"], *SETTINGS.models[:2]]).map(lambda m: {**body, "model": m})
+    return st.just(body)
+
+
+@pytest.fixture(scope="module")
+def mock_service() -> Iterator[Service]:
+    with running("llm_mock_server", env=ENV) as service:
+        yield service
+
+
+def test_the_served_schema_is_the_one_fuzzed(mock_service: Service) -> None:
+    assert httpx.get(f"{mock_service.url}/openapi.json").json() == OPENAPI
+    chat = OPENAPI["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ChatCompletionRequest"
+    )
+    assert {"200", "400", "404", "413", "429"} <= set(chat["responses"])
+    assert all("422" not in op["responses"] for path in OPENAPI["paths"].values() for op in path.values())
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_mock_answers_within_its_schema(case: schemathesis.Case, mock_service: Service) -> None:
+    case.call_and_validate(base_url=mock_service.url, timeout=10)
