@@ -77,12 +77,14 @@ class Dispatcher:
         max_concurrency: int,
         on_admit: Callable[[Ticket, Decision], None] | None = None,
         batch_size: int = 1,
+        inline: bool = False,
     ) -> None:
         self.limiter = limiter
         self.key = key
         self.queue = queue
         self.max_concurrency = max_concurrency
         self.batch_size = batch_size
+        self.inline = inline
         self.in_flight = 0
         self.paused_until = 0.0  # monotonic
         self.last_decision: Decision | None = None
@@ -104,6 +106,33 @@ class Dispatcher:
         watching = self._watching
         if self._idle or (watching is not None and ticket.priority < watching.priority):
             self._wake.set()
+
+    async def admit_now(self, ticket: Ticket) -> Decision | None:
+        """Admit a new request on the caller's own coroutine when nothing waits before it.
+
+        Only with an in-process store (``inline``), whose admission never suspends: then this
+        runs as one step of the event loop, so no other request can slip in between and queue
+        order holds, and the round trip through the dispatcher task is saved. None when the
+        request must queue (others wait, a pause, no free slot, or the budget says no).
+        """
+        if (
+            not self.inline
+            or self.closed
+            or self.queue.depth
+            or self.in_flight >= self.max_concurrency
+            or self.paused_until > time.monotonic()
+        ):
+            return None
+        decision = await self.limiter.acquire(self.key, ticket.cost)
+        self.last_decision = decision
+        if not decision.allowed:
+            return None
+        ticket.state = State.GRANTED
+        ticket.decision = decision
+        self.in_flight += 1
+        if self._on_admit is not None:
+            self._on_admit(ticket, decision)
+        return decision
 
     def requeue(self, ticket: Ticket) -> None:
         """Put a request back at the head of its class (upstream 429, retry)."""

@@ -242,6 +242,10 @@ class Exchange:
         if requeue:
             dispatcher.requeue(ticket)
         else:
+            decision = await dispatcher.admit_now(ticket)
+            if decision is not None:
+                self.queue_s += time.monotonic() - entered
+                return decision
             dispatcher.submit(ticket)
         future = ticket.future
         assert future is not None

@@ -64,8 +64,10 @@ class Gateway:
             self.queue,
             settings.max_concurrency,
             on_admit=self._on_admit,
-            # In-process admissions take microseconds; only a network store gains from batches.
+            # In-process admissions take microseconds and never suspend: a request can admit
+            # itself when nothing waits. Only a network store gains from batches.
             batch_size=1 if isinstance(self.store, EmbeddedStore) else ADMISSION_BATCH,
+            inline=isinstance(self.store, EmbeddedStore),
         )
         self.upstream = Upstream(
             settings.upstream_url,

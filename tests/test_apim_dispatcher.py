@@ -175,3 +175,22 @@ async def test_near_a_limit_batches_stop_and_order_holds(running: list[Dispatche
     # Asked together, the small one would fit and overtake the big one.
     assert not await granted(small, within=0.3)
     assert (await d.limiter.peek(KEY)).state("tokens/minute").used == 60
+
+
+async def test_a_request_admits_itself_only_when_nothing_waits(running: list[Dispatcher]) -> None:
+    d = start(
+        Dispatcher(Limiter(Limits(tpm=100), EmbeddedStore()), KEY, TicketQueue(100), 10, inline=True), running
+    )
+    first = Ticket(Priority.NORMAL, Cost(1, 60))
+    decision = await d.admit_now(first)
+    assert decision is not None and decision.allowed
+    assert d.in_flight == 1
+    big = Ticket(Priority.NORMAL, Cost(1, 50))
+    assert await d.admit_now(big) is None, "does not fit: it must queue"
+    d.submit(big)
+    small = Ticket(Priority.NORMAL, Cost(1, 5))
+    assert await d.admit_now(small) is None, "fits, but the big one waits before it"
+    assert (await d.limiter.peek(KEY)).state("tokens/minute").used == 60
+    d.pause(10)
+    d.cancel(big)
+    assert await d.admit_now(small) is None, "paused"
