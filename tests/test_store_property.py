@@ -1,9 +1,11 @@
 """Random operation sequences against both stores and a brute-force model.
 
 The embedded store and the Redis store must return identical decisions for the same
-sequence. Without refunds, both must also match a model that keeps every admission in a
-plain list and re-sums it: the same allowed/denied (no over- and no under-admission), the
-same usage, and the same exact wait before a denied cost fits.
+sequence. Both must also match a model that keeps every admission, charge and refund in
+plain lists and re-sums them: the same allowed/denied (no over- and no under-admission),
+the same usage, and the same exact wait before a denied cost fits. With refunds in the
+window the stores' token wait is a lower bound (see ``Store.refund``): never longer than
+the model's.
 """
 
 from __future__ import annotations
@@ -47,10 +49,16 @@ class Model:
 
     limits: Limits
     entries: list[tuple[int, int, int]] = field(default_factory=list)  # (time, requests, tokens)
+    # (admission time, tokens, whether the admission was still in the window when refunded)
+    refunds: list[tuple[int, int, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.policy: Policy = self.limits.policy()
         self.tz = ZoneInfo(self.limits.daily_reset_tz)
+        self.longest = max(w.length_ms for w in self.policy.windows)
+
+    def refunded_in_window(self, at: int) -> int:
+        return sum(t for a, t, live in self.refunds if live and a > at - self.longest)
 
     def day(self, at: int) -> tuple[int, int]:
         local = datetime.fromtimestamp(at / 1000, self.tz).date()
@@ -66,11 +74,14 @@ class Model:
         for w in self.policy.windows:
             live = [e for e in self.entries if e[0] > at - w.length_ms]
             used[f"requests/{w.name}"] = sum(e[1] for e in live)
-            used[f"tokens/{w.name}"] = sum(e[2] for e in live)
+            tokens = sum(e[2] for e in live)
+            if w.length_ms == self.longest:  # refunds count in the window that limits tokens
+                tokens = max(0, tokens - self.refunded_in_window(at))
+            used[f"tokens/{w.name}"] = tokens
         start, end = self.day(at)
         today = [e for e in self.entries if start <= e[0] < end]
         used["requests/day"] = sum(e[1] for e in today)
-        used["tokens/day"] = sum(e[2] for e in today)
+        used["tokens/day"] = sum(e[2] for e in today) - sum(t for a, t, _ in self.refunds if start <= a < end)
         return used
 
     def limit_of(self) -> dict[str, tuple[int, bool]]:
@@ -110,8 +121,16 @@ class Model:
 
     def forget_before(self, now: int) -> None:
         """Drop entries that no window and no day from ``now`` on can see again."""
-        keep_from = min(self.day(now)[0], now - max(w.length_ms for w in self.policy.windows))
+        keep_from = min(self.day(now)[0], now - self.longest)
         self.entries = [e for e in self.entries if e[0] >= keep_from]
+        self.refunds = [r for r in self.refunds if r[0] >= keep_from]
+
+    def refund(self, now: int, tokens: int, admitted_at: int) -> dict[str, tuple[int, int, int]]:
+        """The states a store reports after a refund (it checks nothing: no waits)."""
+        if tokens:
+            self.refunds.append((admitted_at, tokens, admitted_at > now - self.longest))
+        _, _, states = self.run("charge", now, Cost(0, 0))
+        return states
 
     def run(self, op: str, now: int, cost: Cost) -> tuple[bool, int, dict[str, tuple[int, int, int]]]:
         """(allowed, wait, {limit: (used, wait, reset)}) as a store should answer."""
@@ -134,14 +153,25 @@ class Model:
 
 
 def assert_matches_model(model: Model, op: str, now: int, cost: Cost, got: Decision) -> None:
+    refunds_live = model.refunded_in_window(now) > 0
     allowed, wait, states = model.run(op, now, cost)
     what = f"{op} {cost} at {now}"
     if allowed and not got.allowed:
         raise AssertionError(f"under-admission: {what} fits the model but was denied: {got}")
     if got.allowed and not allowed:
         raise AssertionError(f"over-admission: {what} was admitted, the model denies it: {states}")
-    assert got.wait_ms == wait, f"{what}: wait {got.wait_ms} != model {wait}"
-    assert {s.name: (s.used, s.wait_ms, s.reset_ms) for s in got.states} == states, what
+    seen = {s.name: (s.used, s.wait_ms, s.reset_ms) for s in got.states}
+    if refunds_live:
+        # The token wait may be shorter than the truth (a lower bound), never longer.
+        token_limits = {f"tokens/{w.name}" for w in model.policy.windows if w.length_ms == model.longest}
+        for name in token_limits:
+            assert seen[name][1] <= states[name][1], f"{what}: {name} wait longer than the model's"
+            seen[name] = (seen[name][0], -1, seen[name][2])
+            states[name] = (states[name][0], -1, states[name][2])
+        assert got.wait_ms <= wait, f"{what}: wait {got.wait_ms} longer than the model's {wait}"
+    else:
+        assert got.wait_ms == wait, f"{what}: wait {got.wait_ms} != model {wait}"
+    assert seen == states, what
 
 
 limits_st = st.builds(
@@ -192,8 +222,7 @@ async def drive(redis_url: str, scenario: Scenario) -> tuple[int, int]:  # noqa:
     redis_store = RedisStore.from_url(redis_url, prefix=f"prop-{uuid.uuid4().hex[:12]}", clock=clock)
     policy = scenario.limits.policy()
     model = Model(scenario.limits)
-    modelled = True  # the model has no refunds: it follows a sequence up to the first one
-    admitted: list[tuple[Decision, Cost]] = []
+    admitted: list[tuple[Decision, list[int]]] = []  # each with the tokens it may still refund
     denied = 0
     last_wait = 0
     try:
@@ -209,22 +238,24 @@ async def drive(redis_url: str, scenario: Scenario) -> tuple[int, int]:  # noqa:
             if op == "refund":
                 if not admitted:
                     continue
-                of, of_cost = admitted[target % len(admitted)]
-                amount = tokens % (of_cost.tokens + 1)  # never more than was charged
+                of, refundable = admitted[target % len(admitted)]
+                amount = tokens % (refundable[0] + 1)  # never more than was charged
+                refundable[0] -= amount
                 got = [await s.refund("k", policy, amount, of.now_ms) for s in (embedded, redis_store)]
-                modelled = False
+                expected = model.refund(clock.now, amount, of.now_ms)
+                assert {s.name: (s.used, s.wait_ms, s.reset_ms) for s in got[0].states} == expected
             elif op == "acquire" and policy.too_large(cost):
                 continue  # callers refuse these before asking the store
             else:
                 got = [await getattr(s, op)("k", policy, cost) for s in (embedded, redis_store)]
-                if modelled and op == "peek" and policy.too_large(cost):
+                if op == "peek" and policy.too_large(cost):
                     assert not got[0].allowed  # the model has no finite wait to compare
-                elif modelled:
+                else:
                     assert_matches_model(model, op, clock.now, cost, got[0])
             assert got[0] == got[1], f"stores disagree on {op} {cost}: {got[0]} != {got[1]}"
             assert got[0].now_ms == clock.now
             if op == "acquire" and got[0].allowed:
-                admitted.append((got[0], cost))
+                admitted.append((got[0], [cost.tokens]))
             if op == "acquire" and not got[0].allowed:
                 denied += 1
             if not got[0].allowed and got[0].wait_ms:
