@@ -78,6 +78,7 @@ class Dispatcher:
         on_admit: Callable[[Ticket, Decision], None] | None = None,
         batch_size: int = 1,
         inline: bool = False,
+        on_return: Callable[[int], None] | None = None,
     ) -> None:
         self.limiter = limiter
         self.key = key
@@ -90,6 +91,7 @@ class Dispatcher:
         self.last_decision: Decision | None = None
         self.closed = False
         self._on_admit = on_admit
+        self._on_return = on_return
         self._wake = Wakeup()
         self._idle = False  # waiting for an arrival
         self._want_slot = False  # waiting for a forwarded request to end
@@ -320,6 +322,9 @@ class Dispatcher:
             await self.limiter.refund(self.key, ticket.cost.tokens, decision.now_ms)
         except Exception:
             log.exception("could not return the tokens of an abandoned admission")
+            return
+        if self._on_return is not None:
+            self._on_return(ticket.cost.tokens)
 
 
 __all__ = ["Closed", "Dispatcher", "Priority", "QueueFull", "Ticket", "TicketQueue", "Wakeup"]

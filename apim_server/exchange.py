@@ -263,7 +263,14 @@ class Exchange:
                 hung_up = watcher.done() and not watcher.cancelled() and watcher.exception() is None
             if not future.done() and dispatcher.cancel(ticket):
                 raise _Disconnected if hung_up else _Timeout
-            return future.result()
+            decision = future.result()
+            if hung_up:
+                # Granted just as the caller left: nothing will be sent, so give the slot and
+                # the tokens back (the request itself stays counted: a store cannot return it).
+                dispatcher.release()
+                await dispatcher.return_tokens(ticket, decision)
+                raise _Disconnected
+            return decision
         finally:
             self.queue_s += time.monotonic() - entered
 
@@ -280,7 +287,7 @@ class Exchange:
         tap = UsageTap(strip=not self.include_usage)
 
         async def chunks() -> AsyncIterator[bytes]:
-            clean = False
+            outcome = CLIENT_CLOSED  # unless the stream ends or the upstream breaks
             try:
                 async for chunk in upstream.aiter_bytes():
                     out = tap.feed(chunk)
@@ -289,11 +296,16 @@ class Exchange:
                 rest = tap.flush()
                 if rest:
                     yield rest
-                clean = True
+                outcome = 200
+            except httpx.TransportError:
+                # Nothing can be resent mid-stream: the caller's connection is cut so it knows.
+                outcome = 502
+                log.warning("upstream stream broke for %s", self.request_id)
+                raise
             finally:
                 gw.dispatcher.release()
-                self._upstream_done(200 if clean else "error", started)
-                if clean:
+                self._upstream_done(200 if outcome == 200 else "error", started)
+                if outcome == 200:
                     await upstream.aclose()
                     actual = await gw.accounting.settle(self.ticket.cost.tokens, decision, tap.usage)
                     await gw.accounting.check_drift(upstream.headers, decision)
@@ -303,7 +315,7 @@ class Exchange:
                     task = asyncio.get_running_loop().create_task(upstream.aclose())
                     _cleanup.add(task)
                     task.add_done_callback(_cleanup.discard)
-                    self._record(CLIENT_CLOSED, None)
+                    self._record(outcome, None)
 
         headers = passed_back(upstream.headers)
         headers.update(self._own_headers())

@@ -68,6 +68,7 @@ class Gateway:
             # itself when nothing waits. Only a network store gains from batches.
             batch_size=1 if isinstance(self.store, EmbeddedStore) else ADMISSION_BATCH,
             inline=isinstance(self.store, EmbeddedStore),
+            on_return=self.metrics.tokens_refunded.labels(kind="abandoned").inc,
         )
         self.upstream = Upstream(
             settings.upstream_url,

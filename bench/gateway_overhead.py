@@ -145,6 +145,7 @@ def main() -> int:
                 gateway(upstream, **HUGE, **on_redis)
             ).v1
         urls = {name: f"{v1}/chat/completions" for name, v1 in targets.items()}
+        status_urls = {name: v1.removesuffix("/v1") + "/status" for name, v1 in targets.items()}
         for url in urls.values():
             load(url, 2, args.connections)  # warm-up: connections, encodings, caches
 
@@ -159,6 +160,11 @@ def main() -> int:
                         f"p99 {r.p99_ms:.2f} ms failures {r.failures}",
                         flush=True,
                     )
+        lags = {
+            name: httpx.get(url, timeout=10).json()["dispatch_lag_ms"]
+            for name, url in status_urls.items()
+            if name != "direct to the mock"
+        }
 
     print()
     print(
@@ -189,6 +195,12 @@ def main() -> int:
                 f"{name}, {connections} connection(s): throughput {gw.rps / base.rps:.2f} of direct, "
                 f"added p50 {gw.p50_ms - base.p50_ms:+.2f} ms"
             )
+    print()
+    for name, lag in lags.items():
+        print(
+            f"{name}: dispatch lag (admission to request sent) p50 {lag['p50']} ms, p99 {lag['p99']} ms, "
+            f"max {lag['max']} ms over the whole run, window margin {lag['margin']} ms"
+        )
     return 0
 
 
