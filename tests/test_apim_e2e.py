@@ -369,7 +369,9 @@ def test_caller_that_hangs_up_while_queued_uses_no_budget(plain_upstream: Servic
 
 
 def test_priority_classes_are_served_in_order(plain_upstream: Service) -> None:
-    with gateway(plain_upstream, RPM_LIMIT="60", SHORT_WINDOW_S="1") as gw:
+    # One admission per 1 s sub-window, lengthened by the margin to 3.5 s: time enough to
+    # queue all three before the first of them is admitted, even on a busy machine.
+    with gateway(plain_upstream, RPM_LIMIT="60", SHORT_WINDOW_S="1", WINDOW_MARGIN_MS="2500") as gw:
         assert chat(gw).status_code == 200
         calls = {}
         for depth, priority in enumerate(("low", "normal", "high"), start=1):
