@@ -16,7 +16,7 @@ same rounds: before/after figures side by side.
 
 Traffic goes only to the Redis of REDIS_URL (default 127.0.0.1:6379), under key prefixes
 of its own, deleted at the end. Bounded: about a minute with the defaults.
-    python bench/limiter_bench.py [--rounds 3] [--seconds 1.5] [--before REV]
+    python bench/limiter_bench.py [--rounds 3] [--seconds 1.5] [--cost-rounds 7] [--before REV]
 """
 
 from __future__ import annotations
@@ -254,6 +254,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.5, help="length of each throughput run")
+    parser.add_argument(
+        "--cost-rounds", type=int, default=7, help="rounds of the 10 vs 100,000 entries comparison"
+    )
     parser.add_argument("--before", metavar="REV", help="also measure the Redis store of this git revision")
     opts = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -276,7 +279,7 @@ async def measure_and_print(
         speed.append(await throughput_round(f"{prefix}-{i}", opts.seconds, before))
         elapsed = time.perf_counter() - began
         print(f"throughput round {i + 1}/{opts.rounds} done at {elapsed:.0f} s", flush=True)
-    cost, held = await window_costs(prefix, opts.rounds)
+    cost, held = await window_costs(prefix, opts.cost_rounds)
     print(f"window costs done at {time.perf_counter() - began:.0f} s", flush=True)
 
     redis = Redis.from_url(REDIS_URL)
@@ -284,7 +287,8 @@ async def measure_and_print(
     await redis.aclose()
     print(
         f"\nRedis {version}, redis-py with hiredis {'on' if HIREDIS_AVAILABLE else 'off'}, "
-        f"{os.cpu_count()} CPUs; medians of {opts.rounds} rounds, {opts.seconds:g} s per throughput run\n"
+        f"{os.cpu_count()} CPUs; medians of {opts.rounds} throughput rounds ({opts.seconds:g} s per run) "
+        f"and {opts.cost_rounds} rounds of window costs\n"
     )
     table = median_table(speed)
     print(
