@@ -33,8 +33,11 @@ LIMIT_WORDS = {
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_big(limit)
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise APIError(400, "Invalid Content-Length header.", code="invalid_request")
+        if int(declared) > limit:
+            raise _too_big(limit)
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -43,6 +46,21 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_big(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def check_content_type(request: Request) -> None:
+    """JSON, or nothing said: a form or text body is a caller's mistake worth naming."""
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return
+    mime = ctype.split(";", 1)[0].strip().lower()
+    if mime != "application/json" and not mime.endswith("+json"):
+        raise APIError(
+            400,
+            f"Invalid Content-Type header ({mime or 'empty'}): the request body must be JSON "
+            "(Content-Type: application/json).",
+            code="invalid_request",
+        )
 
 
 def _too_big(limit: int) -> APIError:
@@ -73,6 +91,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
     try:
         if gw.closing:
             raise shutdown_error()
+        check_content_type(request)
         raw = await read_body(request, gw.settings.max_body_bytes)
         data = _parse(raw)
         model = str(data.get("model", ""))
@@ -116,6 +135,10 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise APIError(
+            400, "The JSON body of your request is nested too deeply.", code="invalid_json"
+        ) from None
     except ValueError:
         raise APIError(
             400,

@@ -218,44 +218,35 @@ class LeanTransport(httpx.AsyncBaseTransport):
         head += [b"\r\n", body]
         payload = b"".join(head)
 
-        for attempt in range(2):
-            conn, reused = await self._acquire(key, timeouts)
-            try:
-                conn.send(payload)
-                while not conn.head_done:
-                    if conn.error is not None:
-                        raise conn.error
-                    await conn.wait(timeouts.get("read"))
-            except httpx.RemoteProtocolError:
-                conn.close()
-                self.release(conn)
-                # A kept-alive socket the server closed just as we reused it: the request never
-                # reached it, so one more try on a fresh connection is safe.
-                if reused and not conn.received_any and attempt == 0:
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                self.release(conn)
-                raise
-            return httpx.Response(
-                conn.status(),
-                headers=conn.headers,
-                stream=_Body(self, conn, timeouts.get("read")),
-                extensions={"http_version": b"HTTP/1.1"},
-            )
-        raise AssertionError("unreachable")
+        conn = await self._acquire(key, timeouts)
+        try:
+            conn.send(payload)
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(timeouts.get("read"))
+        except BaseException:
+            # Never resent from here, not even on a kept-alive socket that seems to have
+            # closed under the request: the upstream may have read (and charged) it. The
+            # caller decides, and a retry there is admitted through the limiter again.
+            conn.close()
+            self.release(conn)
+            raise
+        return httpx.Response(
+            conn.status(),
+            headers=conn.headers,
+            stream=_Body(self, conn, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
-    async def _acquire(
-        self, key: tuple[str, str, int], timeouts: dict[str, float | None]
-    ) -> tuple[_Connection, bool]:
+    async def _acquire(self, key: tuple[str, str, int], timeouts: dict[str, float | None]) -> _Connection:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < IDLE_EXPIRY_S:
                 conn.leased = True
-                return conn, True
+                return conn
             conn.close()
             self._open -= 1
         while self._open >= self.max_connections:
@@ -265,7 +256,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 return await self._acquire(key, timeouts)
         self._open += 1
         try:
-            return await self._connect(key, timeouts.get("connect")), False
+            return await self._connect(key, timeouts.get("connect"))
         except BaseException:
             self._open -= 1
             self._notify()

@@ -222,6 +222,21 @@ def test_bad_input_is_400_in_openai_shape(gw: Service) -> None:
     assert broken.status_code == 400
     assert broken.json()["error"]["type"] == "invalid_request_error"
 
+    text = httpx.post(
+        f"{gw.v1}/chat/completions",
+        content=json.dumps({"model": MODEL, "messages": MESSAGES}).encode(),
+        headers={"content-type": "text/plain", "authorization": "Bearer sk-caller"},
+    )
+    assert text.status_code == 400
+    assert "Content-Type" in text.json()["error"]["message"]
+
+    deep = b'{"model":"gpt-4o-mini","messages":[],"extra":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    nested = httpx.post(
+        f"{gw.v1}/chat/completions", content=deep, headers={"content-type": "application/json"}
+    )
+    assert nested.status_code == 400
+    assert nested.json()["error"]["type"] == "invalid_request_error"
+
     bad_priority = chat(gw, headers={"x-apim-priority": "urgent", "authorization": "Bearer sk-caller"})
     assert bad_priority.status_code == 400
     assert bad_priority.json()["error"]["param"] == "x-apim-priority"
