@@ -243,6 +243,49 @@ async def window_costs(prefix: str, rounds: int) -> tuple[dict[str, dict[int, li
     return samples, held
 
 
+async def redis_time_us(prefix: str, before: tuple[str, ModuleType], rounds: int) -> dict[str, list[float]]:
+    """Redis's own time per admission (``INFO commandstats``) of the current script and of
+    the script at ``before``, alternating, 3,000 pipelined admissions per sample. Other
+    clients' EVALSHA calls in the same moments would count too: keep the server quiet."""
+    rev, old = before
+    old_script = (Path(old.__file__).parent / "lua" / "limiter.lua").read_text()
+    old_policy = old.Limits(rpm=10**9, tpm=10**13, rpd=10**10, tpd=10**15).policy()
+
+    def now_line(now: int) -> list[Any]:
+        return [wire(args(WIDE, "acquire", COST, now, now))]
+
+    def before_line(now: int) -> list[Any]:
+        argv = old.store.args(old_policy, "acquire", old.Cost(1, TOKENS), now, now)
+        return [old.store.wire(argv)] if hasattr(old.store, "wire") else argv
+
+    variants = {"now": (SCRIPT, now_line), f"before ({rev})": (old_script, before_line)}
+    redis = Redis.from_url(REDIS_URL)
+    out: dict[str, list[float]] = {}
+
+    async def evalsha_stats() -> tuple[int, int]:
+        found = (await redis.info("commandstats")).get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+        return int(found["calls"]), int(found["usec"])
+
+    try:
+        for _ in range(rounds):
+            for name, (script, line) in variants.items():
+                keys = [f"{{{prefix}-rt}}:{part}" for part in ("log", "state", "refunds")]
+                sha = await redis.script_load(script)
+                pipe = redis.pipeline(transaction=False)
+                for i in range(3_000):
+                    pipe.evalsha(sha, len(keys), *keys, *line(T0 + i * 20))
+                calls, usec = await evalsha_stats()
+                results = await pipe.execute()
+                calls_after, usec_after = await evalsha_stats()
+                await redis.delete(*keys)
+                if not all(r[0] == 1 for r in results):
+                    raise AssertionError("a limit bound during the benchmark")
+                out.setdefault(name, []).append((usec_after - usec) / (calls_after - calls))
+    finally:
+        await redis.aclose()
+    return out
+
+
 def median_table(rounds: list[Table]) -> Table:
     return {
         name: {col: statistics.median(r[name][col] for r in rounds) for col in rounds[0][name]}
@@ -280,6 +323,7 @@ async def measure_and_print(
         elapsed = time.perf_counter() - began
         print(f"throughput round {i + 1}/{opts.rounds} done at {elapsed:.0f} s", flush=True)
     cost, held = await window_costs(prefix, opts.cost_rounds)
+    server = await redis_time_us(prefix, before, opts.cost_rounds) if before is not None else None
     print(f"window costs done at {time.perf_counter() - began:.0f} s", flush=True)
 
     redis = Redis.from_url(REDIS_URL)
@@ -324,6 +368,13 @@ async def measure_and_print(
         print(f"| {name} | {small:.1f} | {big:.1f} | {ratio:.2f} |")
     print("(ratio: median of the per-round ratios)")
     print(f"\n(entries in the window when measured: {held[10]:,} and {held[100_000]:,})")
+    if server is not None:
+        (now_name, now_us), (old_name, old_us) = server.items()
+        ratio = statistics.median(a / b for a, b in zip(now_us, old_us, strict=True))
+        print("\n| Redis time per admission (INFO commandstats) | µs |\n|---|---:|")
+        print(f"| script {old_name} | {statistics.median(old_us):.1f} |")
+        print(f"| script {now_name} | {statistics.median(now_us):.1f} |")
+        print(f"(now / before: {ratio:.2f}, median of the per-round ratios)")
     print(f"total run time {time.perf_counter() - began:.0f} s")
 
 
