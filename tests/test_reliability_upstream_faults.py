@@ -97,12 +97,6 @@ def test_slow_stream_ends_and_frees_its_slot(gw: Service, upstream: Service) -> 
     admitted_everywhere(gw, upstream)
 
 
-# Set while the gateway's transport resends a request whose kept-alive connection the upstream
-# dropped after reading it (uncharged); fixed once the gateway is handed over.
-RESENDS_DROPPED = True
-
-
-@pytest.mark.xfail(RESENDS_DROPPED, reason="known gateway bug: transport resends after a drop", strict=True)
 def test_a_drop_on_a_kept_alive_connection_is_not_resent_uncharged(gw: Service, upstream: Service) -> None:
     assert chat(gw).status_code == 200  # leaves a kept-alive connection in the pool
     before = upstream.status()["totals"]["requests"]
@@ -135,7 +129,6 @@ def test_upstream_429_forever_ends_in_a_clear_answer_and_an_empty_queue(
         assert chat(gw).status_code == 200
 
 
-@pytest.mark.xfail(RESENDS_DROPPED, reason="known gateway bug: transport resends after a drop", strict=True)
 def test_random_faults_under_concurrency_lose_nothing(redis_url: str, redis_prefix: str) -> None:
     """A quarter of attempts fail one way or another; every caller gets an answer, the two sides'
     counts agree, and the queue drains."""

@@ -83,10 +83,6 @@ def target(request: pytest.FixtureRequest, upstream: Service) -> Service:
     return upstream if request.param == "mock" else request.getfixturevalue("gw")
 
 
-# Gateway bugs found here, fixed once the gateway is handed over (then this set empties).
-GATEWAY_KNOWN: set[str] = {"text/plain", "nested 30000 deep", "nested 5000 deep"}
-
-
 def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text[:300]
     assert response.headers["content-type"].startswith("application/json")
@@ -105,8 +101,6 @@ def upstream_requests(upstream: Service) -> int:
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_request_is_a_4xx_in_openai_shape(case: str, target: Service, upstream: Service) -> None:
     status, request = CASES[case]
-    if target is not upstream and case in GATEWAY_KNOWN:
-        pytest.xfail("known gateway bug: refused only upstream or 500")
     before = upstream_requests(upstream)
     response = httpx.post(f"{target.v1}/chat/completions", timeout=30, **request)
     assert_openai_error(response, status)
