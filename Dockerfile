@@ -10,6 +10,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ratelimit ./ratelimit
 COPY openai_wire ./openai_wire
+COPY serving ./serving
 COPY llm_mock_server ./llm_mock_server
 COPY apim_server ./apim_server
 COPY monitor ./monitor

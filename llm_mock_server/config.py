@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ratelimit.cost import CostRule
+from serving import settings as settings_doc
 
 ENV_PREFIX = "MOCK_"
 DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4", "gpt-3.5-turbo"]
@@ -126,27 +127,9 @@ class MockSettings(BaseSettings):
 
 def describe_error(exc: ValidationError) -> str:
     """One line naming each bad setting, for the console at start."""
-    parts = []
-    for error in exc.errors():
-        loc = [str(p) for p in error.get("loc", ())]
-        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
-        value = error.get("input")
-        shown = f" (got {value!r})" if loc and not isinstance(value, dict) else ""
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{name}: {message}{shown}" if loc else message)
-    return "invalid setting " + "; ".join(parts)
+    return settings_doc.describe_error(exc, ENV_PREFIX)
 
 
 def settings_table() -> list[tuple[str, str, str]]:
     """(environment variable, default, description) of every setting, for the README."""
-    rows = []
-    for name, field in MockSettings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, list):
-            default = ",".join(default)
-        elif isinstance(default, bool):
-            default = str(default).lower()
-        elif isinstance(default, CostRule):
-            default = default.value
-        rows.append((f"{ENV_PREFIX}{name.upper()}", str(default), field.description or ""))
-    return rows
+    return settings_doc.settings_table(MockSettings, ENV_PREFIX)

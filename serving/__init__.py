@@ -1,0 +1,1 @@
+"""Plumbing both services share: settings errors and docs, the batched request log."""
