@@ -91,6 +91,8 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
     try:
         if gw.closing:
             raise shutdown_error()
+        # Before the body is read: a stranger costs us no more than the headers.
+        gw.caller_keys.check(request.headers)
         check_content_type(request)
         raw = await read_body(request, gw.settings.max_body_bytes)
         data = _parse(raw)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
 
 ENV_PREFIX = "APIM_"
+
+SecretList = Annotated[list[SecretStr], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -27,7 +30,13 @@ class Settings(BaseSettings):
     )
     upstream_api_key: SecretStr = Field(
         SecretStr(""),
-        description="Bearer key sent to the upstream (empty = forward the caller's Authorization).",
+        description="Bearer key sent to the upstream (empty = forward the caller's Authorization, unless "
+        "APIM_API_KEYS is set: a caller's key for the gateway is never sent upstream).",
+    )
+    api_keys: SecretList = Field(
+        default_factory=list,
+        description="Comma-separated keys callers must present (`Authorization: Bearer KEY` or "
+        "`api-key`) to use the gateway (empty = open to anyone who can reach it; a warning at start).",
     )
     rpm_limit: int = Field(60, ge=0, description="The upstream's requests per minute (0 = no limit).")
     tpm_limit: int = Field(60_000, ge=0, description="The upstream's tokens per minute (0 = no limit).")
@@ -87,6 +96,13 @@ class Settings(BaseSettings):
         True, description="Log one line per chat request (id, model, tokens, ms, status)."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("upstream_url")
     @classmethod

@@ -56,6 +56,16 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+def upstream_auth_failed() -> APIError:
+    return APIError(
+        502,
+        "The upstream API refused the gateway's credentials; the gateway's operator must fix "
+        "APIM_UPSTREAM_API_KEY.",
+        type="server_error",
+        code="upstream_auth_failed",
+    )
+
+
 def shutdown_error() -> APIError:
     return APIError(
         503,
@@ -202,6 +212,11 @@ class Exchange:
                     502, "The upstream API closed the connection mid-answer.", code="upstream_unreachable"
                 ).response()
             )
+        if status in (401, 403) and gw.upstream.own_key:
+            # Our key, not the caller's: the caller can do nothing about it, and the upstream's
+            # message may quote part of the key.
+            log.error("the upstream refused the gateway's key (APIM_UPSTREAM_API_KEY): %d", status)
+            return self.error(upstream_auth_failed())
         if status == 429 and not final_429(content):
             wait_s = retry_wait_s(upstream.headers)
             gw.metrics.upstream_rate_limited.inc()

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from apim_server.accounting import Accounting
+from apim_server.auth import CallerKeys
 from apim_server.cluster import Cluster
 from apim_server.config import Settings
 from apim_server.dispatcher import Dispatcher
@@ -75,7 +76,9 @@ class Gateway:
             settings.upstream_api_key.get_secret_value(),
             settings.max_concurrency,
             settings.upstream_timeout_s,
+            forward_caller_auth=not settings.api_keys,
         )
+        self.caller_keys = CallerKeys(k.get_secret_value() for k in settings.api_keys)
         self.accounting = Accounting(
             self.limiter, self.key, settings.refund_unused, self.metrics, self.dispatcher
         )
@@ -105,6 +108,11 @@ class Gateway:
             )
         else:
             log.info("limiter store: embedded (in-process, this instance only), budget %s", self.key)
+        if not self.caller_keys.enabled:
+            log.warning(
+                "APIM_API_KEYS is empty: anyone who can reach this gateway may spend the upstream's "
+                "budget (set APIM_API_KEYS to require a key)"
+            )
         # Load the token encodings now: the first request should not pay for it.
         for name in ("o200k_base", "cl100k_base"):
             encoding(name)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from apim_server.exchange import upstream_auth_failed
 from apim_server.gateway import Gateway
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
@@ -24,6 +25,7 @@ def gateway(request: Request) -> Gateway:
 async def models(request: Request) -> Response:
     """The upstream's model list, passed through (not rate limited: it costs no budget)."""
     gw = gateway(request)
+    gw.caller_keys.check(request.headers)
     request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
     headers = gw.upstream.headers(request.scope["headers"], request_id)
     try:
@@ -32,6 +34,8 @@ async def models(request: Request) -> Response:
         raise APIError(
             502, f"Could not reach the upstream API ({type(exc).__name__}).", code="upstream_unreachable"
         ) from None
+    if upstream.status_code in (401, 403) and gw.upstream.own_key:
+        raise upstream_auth_failed()
     return Response(
         upstream.content,
         upstream.status_code,

@@ -33,6 +33,7 @@ _HOP = frozenset(
         b"x-apim-priority",
     }
 )
+_CREDENTIALS = frozenset({b"authorization", b"api-key"})
 _PASSED_BACK = frozenset({"content-type", "retry-after", "retry-after-ms"})
 DEFAULT_429_WAIT_S = 1.0
 """Pause after a 429 that says nothing about when to come back."""
@@ -48,11 +49,21 @@ class _NoCookies(CookieJar):
 class Upstream:
     """The upstream base URL and one shared ``httpx.AsyncClient`` sized to the concurrency."""
 
-    def __init__(self, base_url: str, api_key: str, max_concurrency: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        max_concurrency: int,
+        timeout_s: float,
+        forward_caller_auth: bool = True,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.chat_url = httpx.URL(f"{self.base_url}/chat/completions")
         self.models_url = httpx.URL(f"{self.base_url}/models")
         self._auth = f"Bearer {api_key}".encode() if api_key else None
+        # The caller's credentials go upstream only when they are meant for it: not when we send
+        # our own key, and not when they are the caller's key for this gateway.
+        self._drop_caller_auth = self._auth is not None or not forward_caller_auth
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         self._timeout = {"timeout": timeout.as_dict()}
         self.transport = LeanTransport(max_connections=max_concurrency)
@@ -65,12 +76,18 @@ class Upstream:
             follow_redirects=False,
         )
 
+    @property
+    def own_key(self) -> bool:
+        """Whether requests carry the gateway's key (APIM_UPSTREAM_API_KEY) rather than the caller's."""
+        return self._auth is not None
+
     def headers(self, caller: Iterable[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
         """The caller's headers minus hop-by-hop ones, plus our request id and credentials."""
         out = [(b"x-request-id", request_id.encode()), (b"accept-encoding", b"identity")]
         auth = self._auth
+        drop = self._drop_caller_auth
         for name, value in caller:
-            if name in _HOP or (auth is not None and name == b"authorization"):
+            if name in _HOP or (drop and name in _CREDENTIALS):
                 continue
             out.append((name, value))
         if auth is not None:
