@@ -21,6 +21,7 @@ from apim_server import logs, routes
 from apim_server.chat import chat_completions
 from apim_server.config import Settings
 from apim_server.gateway import Gateway
+from apim_server.openapi import install as install_openapi
 from openai_wire import errors
 from openai_wire.errors import APIError
 
@@ -99,8 +100,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             await gateway.stop()
             logs.flush()
 
-    api = FastAPI(title="apim", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    api = FastAPI(title="apim", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.state.gateway = gateway
     errors.install(api)
     routes.install(api)
+    install_openapi(api, keys=bool(settings.api_keys))
     return GatewayApp(api, gateway)

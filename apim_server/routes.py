@@ -121,8 +121,15 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
+async def chat_elsewhere(request: Request) -> Response:
+    """Never reached by a POST (``app.GatewayApp`` serves it); present so that other methods on
+    the chat path are 405s, not 404s."""
+    raise APIError(405, "Method Not Allowed")
+
+
 def install(app: FastAPI) -> None:
     """Put the gateway's routes on ``app`` (chat completions bypass it: see ``app``)."""
+    app.router.add_route("/v1/chat/completions", chat_elsewhere, methods=["POST"])
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/status", status, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
