@@ -15,7 +15,8 @@ the budget, open loop, for ``--duration`` seconds. Printed per set-up:
 
     python bench/gateway_budget.py [--duration 190] [--rpm 600]
 
-This module also holds the process helpers the other ``gateway_*`` benchmarks import.
+This module also holds the process helpers the other benchmarks (``gateway_*``, ``mock_bench``,
+``soak``) import.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 
 import httpx
 
@@ -41,8 +43,27 @@ MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Write one sentence about rate limits."}]
 MAX_TOKENS = 100
 UNLIMITED = {"RPM_LIMIT": "0", "TPM_LIMIT": "0", "RPD_LIMIT": "0", "TPD_LIMIT": "0"}
-WORKDIR = tempfile.mkdtemp(prefix="gateway-bench-")  # no stray .env
+# Limits far above any load: none binds, yet each is set (0 would mean no limit at all).
+HUGE = {
+    "RPM_LIMIT": "1000000000",
+    "TPM_LIMIT": "1000000000000",
+    "RPD_LIMIT": "1000000000",
+    "TPD_LIMIT": "1000000000000",
+}
 DEFAULT_MARGIN_MS = 500  # APIM_WINDOW_MARGIN_MS's default
+PERIOD = 60 + DEFAULT_MARGIN_MS / 1000  # the gateway's window: admissions repeat with it
+STEADY_FROM = 65.0  # seconds into the run: the first window has filled
+
+
+@cache
+def _workdir() -> tempfile.TemporaryDirectory[str]:
+    # Made on first use, not on import: mock_bench's bare app process imports this module too.
+    return tempfile.TemporaryDirectory(prefix="gateway-bench-")
+
+
+def workdir() -> str:
+    """The services' working directory (no stray .env), removed when this process exits."""
+    return _workdir().name
 
 
 def free_port() -> int:
@@ -64,6 +85,31 @@ class Service:
         return httpx.get(f"{self.url}/status", timeout=10).json()
 
 
+def wait_ready(process: subprocess.Popen[bytes], name: str, probe: Callable[[], httpx.Response]) -> None:
+    """Return once ``probe`` answers 200; raise if ``process`` exits first or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        try:
+            if probe().status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready")
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 @contextmanager
 def service(module: str, env: dict[str, str]) -> Iterator[Service]:
     """``python -m module`` on a free loopback port, its log discarded; stopped on exit."""
@@ -72,32 +118,16 @@ def service(module: str, env: dict[str, str]) -> Iterator[Service]:
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--host", HOST, "--port", str(port)],
         env=clean | env,
-        cwd=WORKDIR,
+        cwd=workdir(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     svc = Service(f"http://{HOST}:{port}", proc)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{module} exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{svc.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{module} not ready")
-            time.sleep(0.1)
+        wait_ready(proc, module, lambda: httpx.get(f"{svc.url}/healthz", timeout=1))
         yield svc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 def mock(**settings: str) -> AbstractContextManager[Service]:
@@ -216,14 +246,14 @@ def achieved_per_min(answered_at: list[float], steady_from: float, period: float
     return count / (end - steady_from) * 60
 
 
-def report(load: Load, steady_from: float, period: float, until: float) -> list[str]:
-    steady = [s for t, s in load.samples if t >= steady_from]
+def row(load: Load, until: float) -> str:
+    steady = [s for t, s in load.samples if t >= STEADY_FROM]
     last = steady[-1]
-    per_min = achieved_per_min(load.answered_at, steady_from, period, until)
+    per_min = achieved_per_min(load.answered_at, STEADY_FROM, PERIOD, until)
     rpm_used = [s["limits"]["rpm"]["used"] / load.rpm for s in steady]
     tpm_used = [s["limits"]["tpm"]["used"] / load.tpm for s in steady]
     tokens_per_request = load.tpm / load.rpm
-    return [
+    return (
         f"| {load.name} | {per_min / load.rpm:.1%} | {per_min * tokens_per_request / load.tpm:.1%} "
         f"| {statistics.median(rpm_used):.1%} / {max(rpm_used):.1%} "
         f"| {statistics.median(tpm_used):.1%} / {max(tpm_used):.1%} "
@@ -231,7 +261,19 @@ def report(load: Load, steady_from: float, period: float, until: float) -> list[
         f"| {percentile(load.queue_ms, 0.5) / 1000:.1f} s / {percentile(load.queue_ms, 0.99) / 1000:.1f} s "
         f"| {max(lag['p99'] or 0 for lag in load.lags):.1f} / {max(lag['max'] for lag in load.lags):.1f} ms "
         f"| {load.statuses.get(200, 0)}{f' ({load.skipped} sends skipped)' if load.skipped else ''} |"
-    ]
+    )
+
+
+def table(first_column: str, loads: list[Load], until: float) -> str:
+    """The markdown table of the runs that ended ``until`` seconds after they began."""
+    head = (
+        f"| {first_column} | achieved RPM / limit | achieved TPM / limit | mock RPM window median / max "
+        "| mock TPM window median / max | upstream 429s | queue wait p50 / p99 "
+        "| dispatch lag p99 / max | answered 200 |"
+    )
+    return "\n".join(
+        [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *(row(load, until) for load in loads)]
+    )
 
 
 async def run_loads(loads: list[Load], duration: float, factor: float) -> None:
@@ -242,16 +284,32 @@ async def run_loads(loads: list[Load], duration: float, factor: float) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def measure(loads: list[Load], duration: float) -> None:
+    """Offer each set-up twice its budget for ``duration`` seconds, then read its dispatch lags."""
+    asyncio.run(run_loads(loads, duration, 2.0))
+    for load in loads:
+        load.collect_lags()
+
+
+def options(doc: str) -> argparse.ArgumentParser:
+    """A parser with the ``--duration`` of these benchmarks; parse with ``parse``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=190, help="seconds of offered load (default 190)")
-    parser.add_argument("--rpm", type=int, default=600, help="RPM limit of mock and gateways (default 600)")
-    parser.add_argument("--ttft-ms", default="100", help="mock time to first token (default 100)")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if args.duration < 130:
         parser.error("--duration must be at least 130 s (one window fills, one whole window is measured)")
+    return args
+
+
+def main() -> int:
+    parser = options(__doc__)
+    parser.add_argument("--rpm", type=int, default=600, help="RPM limit of mock and gateways (default 600)")
+    parser.add_argument("--ttft-ms", default="100", help="mock time to first token (default 100)")
+    args = parse(parser)
     cost = request_cost()
     limits = {"RPM_LIMIT": str(args.rpm), "TPM_LIMIT": str(args.rpm * cost)}
     redis = redis_url()
@@ -276,27 +334,17 @@ def main() -> int:
             f"against RPM {args.rpm} / TPM {args.rpm * cost} ...",
             flush=True,
         )
-        asyncio.run(run_loads(loads, args.duration, 2.0))
-        for load in loads:
-            load.collect_lags()
+        measure(loads, args.duration)
 
     print()
-    period = 60 + DEFAULT_MARGIN_MS / 1000
     print(
         f"Limits: RPM {args.rpm}, TPM {args.rpm * cost} (every request {cost} tokens), mock TTFT "
         f"{args.ttft_ms} ms; offered 2x for {args.duration:.0f} s; achieved rates over whole "
-        f"{period:g} s periods from 65 s; window samples from 65 s. Ceiling with the default margin: "
-        f"60/{period:g} = {60 / period:.2%}."
+        f"{PERIOD:g} s periods from {STEADY_FROM:g} s; window samples from {STEADY_FROM:g} s. Ceiling with "
+        f"the default margin: 60/{PERIOD:g} = {60 / PERIOD:.2%}."
     )
     print()
-    print(
-        "| set-up | achieved RPM / limit | achieved TPM / limit | mock RPM window median / max "
-        "| mock TPM window median / max | upstream 429s | queue wait p50 / p99 "
-        "| dispatch lag p99 / max | answered 200 |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for load in loads:
-        print("\n".join(report(load, 65.0, period, args.duration)))
+    print(table("set-up", loads, args.duration))
     return 0
 
 

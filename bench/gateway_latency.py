@@ -16,24 +16,27 @@ Achieved RPM is counted over whole periods of the gateway's window after the fir
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from contextlib import ExitStack
 
-from gateway_budget import DEFAULT_MARGIN_MS, Load, gateway, mock, report, request_cost, run_loads
+from gateway_budget import (
+    PERIOD,
+    STEADY_FROM,
+    Load,
+    gateway,
+    measure,
+    mock,
+    options,
+    parse,
+    request_cost,
+    table,
+)
 
 RPM = 600
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--duration", type=float, default=190, help="seconds of offered load (default 190)")
-    args = parser.parse_args()
-    if args.duration < 130:
-        parser.error("--duration must be at least 130 s (one window fills, one whole window is measured)")
+    args = parse(options(__doc__))
     cost = request_cost()
     limits = {"RPM_LIMIT": str(RPM), "TPM_LIMIT": str(RPM * cost)}
     quiet = {"LOG_REQUESTS": "false"}
@@ -44,26 +47,16 @@ def main() -> int:
             gw = stack.enter_context(gateway(upstream, **limits, **quiet, MAX_CONCURRENCY=concurrency))
             loads.append(Load(name, [gw], upstream, RPM, RPM * cost))
         print(f"offering {2 * RPM} req/min to each set-up for {args.duration:.0f} s ...", flush=True)
-        asyncio.run(run_loads(loads, args.duration, 2.0))
-        for load in loads:
-            load.collect_lags()
+        measure(loads, args.duration)
 
-    period = 60 + DEFAULT_MARGIN_MS / 1000
     print()
     print(
         f"Upstream: MOCK_TTFT_MS=1000 (every answer takes 1 s); limits RPM {RPM}, TPM {RPM * cost} on "
-        f"both sides; offered {2 * RPM} req/min for {args.duration:.0f} s; rates over whole {period:g} s "
-        "periods from 65 s."
+        f"both sides; offered {2 * RPM} req/min for {args.duration:.0f} s; rates over whole {PERIOD:g} s "
+        f"periods from {STEADY_FROM:g} s."
     )
     print()
-    print(
-        "| forwarding | achieved RPM / limit | achieved TPM / limit | mock RPM window median / max "
-        "| mock TPM window median / max | upstream 429s | queue wait p50 / p99 "
-        "| dispatch lag p99 / max | answered 200 |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for load in loads:
-        print("\n".join(report(load, 65.0, period, args.duration)))
+    print(table("forwarding", loads, args.duration))
     return 0
 
 

@@ -17,120 +17,21 @@ Load generator: ``wrk`` if installed (``apt-get install wrk``), else httpx in th
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import shutil
-import statistics
-import subprocess
 import sys
-import time
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from gateway_budget import WORKDIR, gateway, mock, redis_url
-
-REQUEST = {
-    "model": "gpt-4o-mini",
-    "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "Write one sentence about rate limits."},
-    ],
-    "max_tokens": 64,
-}
-HUGE = {
-    "RPM_LIMIT": "1000000000",
-    "TPM_LIMIT": "1000000000000",
-    "RPD_LIMIT": "1000000000",
-    "TPD_LIMIT": "1000000000000",
-}
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = [==[%s]==]
-wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT %%d %%d %%d %%d %%d %%d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
-end
-"""
-
-
-@dataclass
-class Round:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    failures: int
-
-
-def run_wrk(url: str, duration: int, connections: int, script: Path) -> Round:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=True,
-    ).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    requests, duration_us, p50_us, p99_us, errors, non2xx = (int(v) for v in line.split()[1:])
-    return Round(requests / (duration_us / 1e6), p50_us / 1000, p99_us / 1000, errors + non2xx)
-
-
-async def httpx_load(url: str, duration: int, connections: int) -> Round:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    latencies: list[float] = []
-    failures = 0
-    body = json.dumps(REQUEST).encode()
-    headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
-        stop = time.perf_counter() + duration
-
-        async def worker() -> None:
-            nonlocal failures
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                try:
-                    ok = (await client.post(url, content=body, headers=headers)).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                failures += not ok
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = time.perf_counter() - began
-    latencies.sort()
-    return Round(
-        len(latencies) / elapsed,
-        latencies[len(latencies) // 2] * 1000,
-        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        failures,
-    )
+from _load import Generator, Round, load_options, median_round
+from gateway_budget import HUGE, gateway, mock, redis_url, workdir
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per round (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per target (default 3)")
-    parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
+    parser = load_options(__doc__, "target")
     args = parser.parse_args()
 
-    wrk = shutil.which("wrk")
-    generator = "wrk (1 thread)" if wrk else "httpx (in-process asyncio; likely the bottleneck)"
-    script = Path(WORKDIR) / "post.lua"
-    script.write_text(WRK_SCRIPT % json.dumps(REQUEST))
-
-    def load(url: str, duration: int, connections: int) -> Round:
-        if wrk:
-            return run_wrk(url, duration, connections, script)
-        return asyncio.run(httpx_load(url, duration, connections))
+    generate = Generator(Path(workdir()), {})
 
     redis = redis_url()
     with ExitStack() as stack:
@@ -147,19 +48,15 @@ def main() -> int:
         urls = {name: f"{v1}/chat/completions" for name, v1 in targets.items()}
         status_urls = {name: v1.removesuffix("/v1") + "/status" for name, v1 in targets.items()}
         for url in urls.values():
-            load(url, 2, args.connections)  # warm-up: connections, encodings, caches
+            generate(url, 2, args.connections)  # warm-up: connections, encodings, caches
 
         results: dict[tuple[str, int], list[Round]] = {}
         for connections in (args.connections, 1):
             for i in range(args.rounds):
                 for name, url in urls.items():
-                    r = load(url, args.duration, connections)
+                    r = generate(url, args.duration, connections)
                     results.setdefault((name, connections), []).append(r)
-                    print(
-                        f"round {i + 1} c={connections} {name}: {r.rps:,.0f} req/s p50 {r.p50_ms:.2f} ms "
-                        f"p99 {r.p99_ms:.2f} ms failures {r.failures}",
-                        flush=True,
-                    )
+                    print(f"round {i + 1} c={connections} {name}: {r}", flush=True)
         lags = {
             name: httpx.get(url, timeout=10).json()["dispatch_lag_ms"]
             for name, url in status_urls.items()
@@ -168,21 +65,14 @@ def main() -> int:
 
     print()
     print(
-        f"Load: {generator}, {args.duration} s x {args.rounds} rounds per target and connection count, "
+        f"Load: {generate.name}, {args.duration} s x {args.rounds} rounds per target and connection count, "
         "alternating; one uvicorn worker each; medians."
     )
     print()
     print("| target | connections | req/s | p50 ms | p99 ms | failed |")
     print("|---|---:|---:|---:|---:|---:|")
-    medians: dict[tuple[str, int], Round] = {}
-    for (name, connections), rounds in results.items():
-        m = Round(
-            statistics.median(r.rps for r in rounds),
-            statistics.median(r.p50_ms for r in rounds),
-            statistics.median(r.p99_ms for r in rounds),
-            sum(r.failures for r in rounds),
-        )
-        medians[(name, connections)] = m
+    medians = {key: median_round(rounds) for key, rounds in results.items()}
+    for (name, connections), m in medians.items():
         print(f"| {name} | {connections} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.failures} |")
     print()
     direct = "direct to the mock"
