@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
+from serving.settings import LogLevel, SecretList, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "APIM_"
-
-SecretList = Annotated[list[SecretStr], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -42,7 +38,9 @@ class Settings(BaseSettings):
     tpm_limit: int = Field(60_000, ge=0, description="The upstream's tokens per minute (0 = no limit).")
     rpd_limit: int = Field(10_000, ge=0, description="The upstream's requests per day (0 = no limit).")
     tpd_limit: int = Field(2_000_000, ge=0, description="The upstream's tokens per day (0 = no limit).")
-    daily_reset_tz: str = Field("UTC", description="Time zone whose midnight resets the daily limits.")
+    daily_reset_tz: TimeZoneName = Field(
+        "UTC", description="Time zone whose midnight resets the daily limits."
+    )
     redis_url: str = Field(
         "", description="Redis URL shared by several gateway instances (empty = embedded in-process store)."
     )
@@ -60,7 +58,7 @@ class Settings(BaseSettings):
         description="Added to every sliding window so that jitter between our admission and the "
         "upstream's clock never makes the upstream see more than its limit.",
     )
-    short_window_s: int = Field(
+    short_window_s: SubWindowSeconds = Field(
         0,
         ge=0,
         description="Pace RPM over sub-windows of this many seconds, for upstreams that enforce them "
@@ -95,14 +93,7 @@ class Settings(BaseSettings):
     log_requests: bool = Field(
         True, description="Log one line per chat request (id, model, tokens, ms, status)."
     )
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    log_level: LogLevel = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("upstream_url")
     @classmethod
@@ -111,29 +102,6 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
-
-    @field_validator("daily_reset_tz")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-    @field_validator("short_window_s")
-    @classmethod
-    def _divides_minute(cls, value: int) -> int:
-        if value and 60 % value:
-            raise ValueError("must divide 60 (1, 10, ...)")
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
-            raise ValueError("must be one of debug, info, warning, error, critical")
-        return value.lower()
 
     def limits(self) -> Limits:
         return Limits(

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ratelimit.cost import CostRule
 from serving import settings as settings_doc
+from serving.settings import CommaList, LogLevel, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "MOCK_"
 DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4", "gpt-3.5-turbo"]
 
-CommaList = Annotated[list[str], NoDecode]
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -29,8 +28,10 @@ class MockSettings(BaseSettings):
     tpm_limit: int = Field(60_000, ge=0, description="Tokens per minute per API key (0 = no limit).")
     rpd_limit: int = Field(10_000, ge=0, description="Requests per day per API key (0 = no limit).")
     tpd_limit: int = Field(2_000_000, ge=0, description="Tokens per day per API key (0 = no limit).")
-    daily_reset_tz: str = Field("UTC", description="Time zone whose midnight resets the daily limits.")
-    short_window_s: int = Field(
+    daily_reset_tz: TimeZoneName = Field(
+        "UTC", description="Time zone whose midnight resets the daily limits."
+    )
+    short_window_s: SubWindowSeconds = Field(
         0,
         ge=0,
         description="Also enforce RPM over sub-windows of this many seconds at the pro-rated rate, "
@@ -74,30 +75,7 @@ class MockSettings(BaseSettings):
     )
     max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted (413 above).")
     log_requests: bool = Field(True, description="Log one line per chat request (id, model, tokens, ms).")
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
-
-    @field_validator("models", "api_keys", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("daily_reset_tz")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError("unknown time zone") from exc
-        return value
-
-    @field_validator("short_window_s")
-    @classmethod
-    def _divides_minute(cls, value: int) -> int:
-        if value and 60 % value:
-            raise ValueError("must divide 60 (1, 10, ...)")
-        return value
+    log_level: LogLevel = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("models")
     @classmethod
@@ -105,13 +83,6 @@ class MockSettings(BaseSettings):
         if not value:
             raise ValueError("must name at least one model")
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
-            raise ValueError("must be one of debug, info, warning, error, critical")
-        return value.lower()
 
     @model_validator(mode="after")
     def _rates_fit(self) -> MockSettings:

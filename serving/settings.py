@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import SecretStr, ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, NoDecode
 
 
 def describe_error(exc: ValidationError, prefix: str) -> str:
@@ -36,3 +38,37 @@ def settings_table(cls: type[BaseSettings], prefix: str) -> list[tuple[str, str,
             default = default.value
         rows.append((f"{prefix}{name.upper()}", str(default), field.description or ""))
     return rows
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("unknown time zone") from exc
+    return value
+
+
+def _divides_minute(value: int) -> int:
+    if value and 60 % value:
+        raise ValueError("must divide 60 (1, 10, ...)")
+    return value
+
+
+def _level(value: str) -> str:
+    if value.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise ValueError("must be one of debug, info, warning, error, critical")
+    return value.lower()
+
+
+# Setting types both services use, each with its check, so a bad value reads the same in both.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split)]
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split)]
+TimeZoneName = Annotated[str, AfterValidator(_zone)]
+SubWindowSeconds = Annotated[int, AfterValidator(_divides_minute)]
+LogLevel = Annotated[str, AfterValidator(_level)]
