@@ -16,10 +16,10 @@ install: $(STAMP)
 
 ## Start the mock LLM on :8000 and the gateway on :8001 in the foreground; Ctrl-C stops both.
 run: $(STAMP)
-	@trap 'kill 0' INT TERM; \
-	$(BIN)/llm-mock & \
-	APIM_UPSTREAM_URL=$${APIM_UPSTREAM_URL:-http://127.0.0.1:8000/v1} $(BIN)/apim & \
-	wait
+	@$(BIN)/llm-mock & mock=$$!; \
+	APIM_UPSTREAM_URL=$${APIM_UPSTREAM_URL:-http://127.0.0.1:8000/v1} $(BIN)/apim & apim=$$!; \
+	trap 'kill -TERM $$mock $$apim 2>/dev/null; wait $$mock $$apim; exit 0' INT TERM; \
+	wait $$mock $$apim
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
