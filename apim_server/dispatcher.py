@@ -90,6 +90,7 @@ class Dispatcher:
         self.paused_until = 0.0  # monotonic
         self.last_decision: Decision | None = None
         self.closed = False
+        self.store_down_since: float | None = None  # monotonic; set while admissions fail
         self._on_admit = on_admit
         self._on_return = on_return
         self._wake = Wakeup()
@@ -238,12 +239,13 @@ class Dispatcher:
         head.state = State.ADMITTING
         try:
             decision = await self.limiter.acquire(self.key, head.cost)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - any store failure holds admission, said once
             if head.state is State.ADMITTING:
                 head.state = State.QUEUED
-            log.exception("limiter store error; admission retries in %.1fs", STORE_RETRY_S)
+            self._store_failed(exc)
             await self._wake.wait(STORE_RETRY_S)
             return
+        self._store_ok()
         self.last_decision = decision
         if not await self._settle(head, decision):
             return
@@ -299,10 +301,10 @@ class Dispatcher:
         results = await asyncio.gather(
             *(self.limiter.acquire(self.key, t.cost) for t in batch), return_exceptions=True
         )
-        failed = False
+        failed: BaseException | None = None
         for ticket, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
-                failed = True
+                failed = result
                 if ticket.state is State.ADMITTING:
                     ticket.state = State.QUEUED
                 continue
@@ -310,9 +312,33 @@ class Dispatcher:
                 self.last_decision = result
             if await self._settle(ticket, result):
                 ticket.state = State.QUEUED  # denied: the next step waits for it alone
-        if failed:
-            log.error("limiter store error; admission retries in %.1fs", STORE_RETRY_S)
+        if failed is not None:
+            self._store_failed(failed)
             await self._wake.wait(STORE_RETRY_S)
+        else:
+            self._store_ok()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """Admission is held while the store is unreachable: said once, not every retry."""
+        if self.store_down_since is None:
+            self.store_down_since = time.monotonic()
+            log.error(
+                "limiter store unreachable (%s: %s): admission held, queued requests wait; "
+                "retrying every %.1fs",
+                type(exc).__name__,
+                exc,
+                STORE_RETRY_S,
+            )
+        else:
+            log.debug("limiter store still unreachable: %s", exc)
+
+    def _store_ok(self) -> None:
+        if self.store_down_since is not None:
+            log.warning(
+                "limiter store reachable again after %.1fs: admission resumes",
+                time.monotonic() - self.store_down_since,
+            )
+            self.store_down_since = None
 
     async def return_tokens(self, ticket: Ticket, decision: Decision) -> None:
         """An admission that will not be sent: give its tokens back (the request stays counted)."""

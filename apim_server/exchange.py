@@ -38,6 +38,7 @@ GRACE_S = 0.05
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 8.0
 SHUTDOWN_RETRY_MS = 5000
+STORE_RETRY_MS = 5000
 CLIENT_CLOSED = 499  # nginx's "client closed request": recorded, never seen by anyone
 _cleanup: set[asyncio.Task[Any]] = set()
 
@@ -158,6 +159,18 @@ class Exchange:
         if self.last_error is not None:
             # A retry that ran out of time: the caller gets the upstream's last error.
             return self.finish(self.last_error)
+        if self.gw.dispatcher.store_down_since is not None:
+            # Not the budget's fault: nothing is admitted while the shared budget is unknown.
+            return self.error(
+                APIError(
+                    503,
+                    f"The request waited {settings.queue_timeout_s:g}s in the gateway's queue while the "
+                    "limiter store was unreachable (nothing is sent without the shared budget); it was "
+                    "not sent.",
+                    code="store_unavailable",
+                    headers=retry_after_headers(STORE_RETRY_MS),
+                )
+            )
         return self.error(
             APIError(
                 504,

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ import redis
 
 from tests.processes import Service, free_port
 from tests.test_apim_e2e import Background, chat, gateway, mock, wait_for
+from tests.test_security_gateway import logged_gateway
 
 
 class PrivateRedis:
@@ -150,6 +152,36 @@ def test_queued_requests_wait_out_a_redis_outage(private_redis: PrivateRedis) ->
         assert status["limits"]["rpm"]["used"] == n, "the budget kept what was admitted before"
         assert status["totals"]["requests"] == n
         assert gw.process.poll() is None
+
+
+def test_an_outage_longer_than_the_queue_timeout_is_a_503_naming_the_store(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    log = tmp_path / "gateway.log"
+    with (
+        mock(RPM_LIMIT="100") as upstream,
+        logged_gateway(
+            upstream,
+            log,
+            REDIS_URL=private_redis.url,
+            REDIS_PREFIX=f"outage-{uuid.uuid4().hex[:8]}",
+            RPM_LIMIT="100",
+            QUEUE_TIMEOUT_S="2",
+        ) as gw,
+    ):
+        assert chat(gw).status_code == 200
+        private_redis.stop()
+        response = chat(gw)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "store_unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+        assert upstream.status()["totals"]["requests"] == 1
+        private_redis.start()
+        assert chat(gw).status_code == 200
+    text = log.read_text()
+    # Held and recovered, each said once, not once per retry.
+    assert text.count("limiter store unreachable") == 1
+    assert text.count("limiter store reachable again") == 1
 
 
 def test_a_request_arriving_during_the_outage_is_held_then_served(private_redis: PrivateRedis) -> None:

@@ -64,7 +64,7 @@ class Load:
 
 def test_sigterm_under_load_loses_nothing() -> None:
     with (
-        mock(TTFT_MS="1000", RPM_LIMIT="100000") as upstream,
+        mock(TTFT_MS="2000", RPM_LIMIT="100000") as upstream,
         gateway(upstream, RPM_LIMIT="100000", MAX_CONCURRENCY="4", SHUTDOWN_TIMEOUT_S=str(DEADLINE_S)) as gw,
     ):
         burst = [
@@ -75,11 +75,13 @@ def test_sigterm_under_load_loses_nothing() -> None:
                     timeout=60,
                 )
             )
-            for _ in range(12)
+            for _ in range(16)
         ]
         load = Load(gw.url, callers=4)
+        # Slow answers keep the burst queued for seconds: SIGTERM lands with a queue under any load.
         wait_for(
             lambda: (q := gw.status()["queue"])["in_flight"] == 4 and q["depth"] >= 8,
+            timeout=30,
             what="a full set in flight and a queue",
         )
         upstream_before = upstream.status()["totals"]["requests"]
