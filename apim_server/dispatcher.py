@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from apim_server.queue import Priority, QueueFull, State, Ticket, TicketQueue
 from ratelimit.limiter import Limiter
@@ -79,6 +79,7 @@ class Dispatcher:
         batch_size: int = 1,
         inline: bool = False,
         on_return: Callable[[int], None] | None = None,
+        store_restarted: Callable[[float], Awaitable[bool]] | None = None,
     ) -> None:
         self.limiter = limiter
         self.key = key
@@ -93,6 +94,7 @@ class Dispatcher:
         self.store_down_since: float | None = None  # monotonic; set while admissions fail
         self._on_admit = on_admit
         self._on_return = on_return
+        self._store_restarted = store_restarted
         self._wake = Wakeup()
         self._idle = False  # waiting for an arrival
         self._want_slot = False  # waiting for a forwarded request to end
@@ -230,6 +232,10 @@ class Dispatcher:
         if paused > 0:
             await self._wake.wait(paused)
             return
+        if self.store_down_since is not None:
+            # Nothing is admitted until the store has been seen to keep its record.
+            await self._check_recovery()
+            return
 
         batch = self._batch(head)
         if len(batch) > 1:
@@ -331,6 +337,42 @@ class Dispatcher:
             )
         else:
             log.debug("limiter store still unreachable: %s", exc)
+
+    def note_store_failure(self, exc: BaseException) -> None:
+        """Another user of the store (the cluster view) found it unreachable: an idle instance
+        learns of an outage too, and checks the store's record before its next admission."""
+        self._store_failed(exc)
+
+    async def _check_recovery(self) -> None:
+        """After an outage: is the store back, and does it still hold the last window's admissions?
+
+        A Redis restarted without persistence comes back empty: admitting at once could send a
+        whole budget on top of what the upstream still counts from before the outage. Nothing was
+        admitted anywhere since the outage began (no instance admits without the store), so
+        pausing until one window after that instant clears the upstream's window.
+        """
+        assert self.store_down_since is not None
+        try:
+            usage = await self.limiter.peek(self.key)
+            restarted = False
+            if self._store_restarted is not None:
+                restarted = await self._store_restarted(time.monotonic() - self.store_down_since)
+        except Exception as exc:  # noqa: BLE001 - still down: keep holding
+            self._store_failed(exc)
+            await self._wake.wait(STORE_RETRY_S)
+            return
+        empty = all(state.used == 0 for state in usage.states if "/day" not in state.name)
+        if restarted and empty:
+            hold = self.store_down_since + self.limiter.policy.longest_ms / 1000 - time.monotonic()
+            if hold > 0:
+                log.warning(
+                    "the limiter store restarted empty during the outage (its record of the last "
+                    "window is lost): admission paused %.1fs more so that the upstream's window clears; "
+                    "give Redis persistence (appendonly yes) to avoid this",
+                    hold,
+                )
+                self.pause(hold)
+        self._store_ok()
 
     def _store_ok(self) -> None:
         if self.store_down_since is not None:

@@ -69,6 +69,7 @@ class Gateway:
             # itself when nothing waits. Only a network store gains from batches.
             batch_size=1 if isinstance(self.store, EmbeddedStore) else ADMISSION_BATCH,
             inline=isinstance(self.store, EmbeddedStore),
+            store_restarted=self._store_restarted if isinstance(self.store, RedisStore) else None,
             on_return=self.metrics.tokens_refunded.labels(kind="abandoned").inc,
         )
         self.upstream = Upstream(
@@ -84,7 +85,13 @@ class Gateway:
         )
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         redis = self.store.redis if isinstance(self.store, RedisStore) else None
-        self.cluster = Cluster(redis, settings.redis_prefix, self.instance_id, self.figures)
+        self.cluster = Cluster(
+            redis,
+            settings.redis_prefix,
+            self.instance_id,
+            self.figures,
+            on_failure=self.dispatcher.note_store_failure,
+        )
         self.metrics.bind(
             depth=lambda: self.queue.depth,
             in_flight=lambda: self.dispatcher.in_flight,
@@ -94,6 +101,12 @@ class Gateway:
         self.closing = False
         self.started_at = time.time()
         self._ready: tuple[float, dict[str, bool]] | None = None
+
+    async def _store_restarted(self, within_s: float) -> bool:
+        """Whether the Redis server started less than ``within_s`` ago (restarted in an outage)."""
+        assert isinstance(self.store, RedisStore)
+        info = await self.store.redis.info("server")
+        return float(info.get("uptime_in_seconds", within_s + 2)) <= within_s + 1
 
     def _on_admit(self, ticket: Ticket, decision: Decision) -> None:
         self.metrics.admitted(ticket.cost.tokens)

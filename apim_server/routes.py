@@ -97,6 +97,10 @@ async def status(request: Request) -> JSONResponse:
             },
             "paused_until": round(time.time() + paused, 3) if paused > 0 else None,
             "paused_s": round(paused, 3),
+            # Set while the limiter store is unreachable (or its record is being checked after).
+            "store_unreachable_s": None
+            if gw.dispatcher.store_down_since is None
+            else round(time.monotonic() - gw.dispatcher.store_down_since, 3),
             "cluster": cluster,
         }
     )

@@ -33,8 +33,9 @@ class PrivateRedis:
     restart keeps the last minute's admissions.
     """
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, persistent: bool = True) -> None:
         self.binary = binary
+        self.persistent = persistent
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="apim-outage-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -56,7 +57,7 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                "yes" if self.persistent else "no",
                 "--appendfsync",
                 "always",
             ],
@@ -151,7 +152,37 @@ def test_queued_requests_wait_out_a_redis_outage(private_redis: PrivateRedis) ->
         status = gw.status()
         assert status["limits"]["rpm"]["used"] == n, "the budget kept what was admitted before"
         assert status["totals"]["requests"] == n
+        assert status["paused_s"] == 0, "a Redis that kept its record needs no extra pause"
         assert gw.process.poll() is None
+
+
+def test_a_redis_that_comes_back_empty_holds_admission_for_a_window() -> None:
+    """Without persistence a restarted Redis has forgotten the last minute: admitting at once could
+    send a whole budget on top of what the upstream still counts, so admission waits until one
+    window has passed since the outage began."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    server = PrivateRedis(binary, persistent=False)
+    server.start()
+    try:
+        with stack(server, RPM_LIMIT="100", TPM_LIMIT="100000") as (upstream, gw):
+            assert chat(gw).status_code == 200
+            server.stop()
+            wait_for(lambda: ready(gw).status_code == 503, what="/readyz to say not ready")
+            # An idle gateway learns of the outage from its once-a-second cluster publication.
+            wait_for(lambda: gw.status()["store_unreachable_s"] is not None, what="the outage noticed")
+            server.start()
+            held = Background(lambda: chat(gw))
+            wait_for(lambda: gw.status()["paused_s"] > 0, what="admission to pause")
+            status = gw.status()
+            assert status["paused_s"] > 30, "about one window (60 s) after the outage began"
+            assert status["limits"]["rpm"]["used"] == 0, "the record really is gone"
+            assert status["queue"]["depth"] == 1
+            assert held.done_at is None
+            assert upstream.status()["totals"]["requests"] == 1
+    finally:
+        server.remove()
 
 
 def test_an_outage_longer_than_the_queue_timeout_is_a_503_naming_the_store(
