@@ -1,19 +1,37 @@
 """Request and response bodies of the chat completions API (the fields we read or write).
 
 Unknown request fields are kept, not rejected: the gateway forwards them upstream as sent.
+Known fields are strict, as at OpenAI: ``"max_tokens": "5"`` or ``"temperature": true`` is a 400,
+not silently converted (the cost rule reads the raw body, so a converted value would be priced
+differently from what it means).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 INT32_MAX = 2**31 - 1
+STRICT = ConfigDict(extra="allow", strict=True)
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: ``2.0`` is the integer 2 (as JSON Schema says), ``2.5`` is not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+# OpenAI refuses counts beyond a 32-bit integer with a 400; unbounded, they would reach the
+# limiter as costs no store can count exactly. (Bounds inside Annotated: on the Optional they
+# come out of the JSON schema as unknown keywords.)
+TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integral)]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
 
     role: Literal["system", "user", "assistant", "tool", "function", "developer"]
     content: str | list[dict[str, Any]] | None = None
@@ -21,26 +39,24 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
 
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    # OpenAI refuses counts beyond a 32-bit integer with a 400; unbounded, they would reach the
-    # limiter as costs no store can count exactly.
-    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    n: int = Field(default=1, ge=1, le=128)
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    n: Annotated[int, Field(ge=1, le=128), BeforeValidator(_integral)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = None
+    seed: Int | None = None
     user: str | None = None
 
     @property
