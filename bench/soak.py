@@ -6,10 +6,11 @@ What it checks and prints:
 - every request sent is answered (sent = answered; an answer is any HTTP status: half the
   offered load cannot fit the budget and waits until ``APIM_QUEUE_TIMEOUT_S``, then gets 504);
 - zero upstream 429s (the mock enforces the same limits: any over-admission shows there);
-- resident memory (``VmRSS`` from ``/proc/PID/status``) of each process sampled every few
-  seconds: flat within 10% after the warm-up (the first fifth of the run, at least a minute);
-- the budget used (the mock's answers per minute over the steady state, against its RPM) and
-  queue wait p50/p99 of the answered requests.
+- resident memory (``VmRSS`` from ``/proc/PID/status``) of each process sampled every
+  second: flat within 10% after the warm-up (the first fifth of the run, at least a minute);
+- the budget used: the mock's answers per minute over whole windows of the steady state, and
+  the peak of the mock's own sliding-window count (never above its limit);
+- queue wait p50/p99 of the answered requests.
 
     python bench/soak.py [--minutes 10] [--rpm 600] [--tpm 200000] [--factor 2]
 
@@ -37,10 +38,12 @@ import httpx
 from gateway_budget import HOST, MODEL, Service, free_port, gateway, mock, percentile, redis_url
 
 MESSAGES = [{"role": "user", "content": "Write a few sentences about queues and rate limits."}]
-SAMPLE_EVERY_S = 5.0
+SAMPLE_EVERY_S = 1.0
 DRAIN_LIMIT_S = 180.0
 """After the offered load stops, how long outstanding requests may take to be answered."""
 RSS_TOLERANCE = 0.10
+PERIOD_S = 60.5
+"""The gateway's window: 60 s plus APIM_WINDOW_MARGIN_MS's default 500 ms."""
 MAX_OUTSTANDING = 5000
 """A safety valve for this process; with the queue timeout below it is never reached."""
 
@@ -68,6 +71,7 @@ class Run:
     skipped: int = 0
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     mock_requests: list[tuple[float, int]] = field(default_factory=list)
+    mock_window: list[tuple[float, int, int]] = field(default_factory=list)  # rpm, tpm used
 
 
 async def offer(run: Run, gateways: list[Service], rate_per_s: float, duration: float, seed: int) -> None:
@@ -128,10 +132,26 @@ async def sample(run: Run, pids: dict[str, int], upstream: Service, stop: asynci
             try:
                 status = (await client.get(f"{upstream.url}/status")).json()
                 run.mock_requests.append((t, int(status["totals"]["requests"])))
+                limits = status["limits"]
+                run.mock_window.append((t, int(limits["rpm"]["used"]), int(limits["tpm"]["used"])))
             except httpx.HTTPError:
                 pass
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
+
+
+def steady_rate(points: list[tuple[float, int]], start: float, end: float, period: float) -> float:
+    """Requests per minute over the whole periods between ``start`` and ``end``: with a backlog,
+    admissions repeat one window's pattern, so any other span is biased."""
+    if len(points) < 2 or end - start < period:
+        return float("nan")
+    whole_end = start + (end - start) // period * period
+
+    def at(t: float) -> tuple[float, int]:
+        return min(points, key=lambda p: abs(p[0] - t))
+
+    (t0, n0), (t1, n1) = at(start), at(whole_end)
+    return (n1 - n0) / (t1 - t0) * 60 if t1 > t0 else float("nan")
 
 
 def rss_report(run: Run, warm_s: float, until_s: float) -> tuple[list[str], bool]:
@@ -240,8 +260,9 @@ def main() -> int:
 
     upstream_429 = int(mock_status["totals"]["rate_limited"])
     absorbed = sum(int(s["totals"]["upstream_429"]) for s in statuses)
-    steady = [(t, n) for t, n in run.mock_requests if warm_s <= t <= duration]
-    per_min = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]) * 60 if len(steady) > 1 else 0.0
+    per_min = steady_rate(run.mock_requests, warm_s, duration, PERIOD_S)
+    rpm_max = max((r for t, r, _ in run.mock_window if t >= warm_s), default=0)
+    tpm_max = max((k for t, _, k in run.mock_window if t >= warm_s), default=0)
     rss_lines, flat = rss_report(run, warm_s, duration)
     answered_all = run.sent == run.answered and not run.lost
 
@@ -250,7 +271,9 @@ def main() -> int:
     print(f"statuses: {dict(sorted(run.statuses.items()))} (drained in {drained:.0f} s after the load)")
     print(f"upstream 429s: {upstream_429} (gateways' count of upstream 429s: {absorbed})")
     print(
-        f"budget used at the mock over the steady state: {per_min:.0f}/min = {per_min / args.rpm:.1%} of RPM"
+        f"budget used at the mock over whole {PERIOD_S:g} s periods of the steady state: {per_min:.0f}/min "
+        f"= {per_min / args.rpm:.1%} of RPM; the mock's own last-60 s count peaked at {rpm_max} requests "
+        f"/ {tpm_max} tokens (limits {args.rpm} / {args.tpm})"
     )
     print(
         f"queue wait of the answered 200s: p50 {percentile(run.queue_ms, 0.5) / 1000:.2f} s, "
