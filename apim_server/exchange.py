@@ -266,7 +266,9 @@ class Exchange:
         """Queue (or requeue at the head) and wait for the grant, the deadline, or a hang-up."""
         dispatcher = self.gw.dispatcher
         ticket = self.ticket
-        entered = time.monotonic()
+        # A first wait counts from arrival, as the deadline does, so a timed-out request never
+        # reports less than APIM_QUEUE_TIMEOUT_S.
+        entered = time.monotonic() if requeue else ticket.arrived
         if requeue:
             dispatcher.requeue(ticket)
         else:
