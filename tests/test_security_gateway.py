@@ -22,7 +22,7 @@ from apim_server.auth import CallerKeys
 from apim_server.config import Settings
 from openai_wire.errors import APIError
 from tests.processes import Service, free_port
-from tests.test_apim_e2e import MESSAGES, MODEL, chat, gateway_env, mock
+from tests.test_apim_e2e import MESSAGES, MODEL, chat, gateway, gateway_env, mock
 
 
 @contextmanager
@@ -179,33 +179,30 @@ def test_every_configured_key_is_compared_in_constant_time(monkeypatch: pytest.M
 
 
 def test_no_header_or_body_field_redirects_the_gateway() -> None:
-    with mock() as real, mock() as other:
-        from tests.test_apim_e2e import gateway  # noqa: PLC0415
-
-        with gateway(real) as gw:
-            evil = other.url
-            host = evil.removeprefix("http://")
-            attempts = [
-                chat(gw, headers={"host": host}),
-                chat(gw, headers={"x-forwarded-host": host, "x-forwarded-proto": "http"}),
-                chat(gw, headers={"x-upstream-url": other.v1, "x-apim-upstream": other.v1}),
-                chat(gw, headers={"forwarded": f"host={host}"}),
-                chat(gw, base_url=other.v1, api_base=other.v1, upstream_url=other.v1, url=other.v1),
-            ]
-            for response in attempts:
-                assert response.status_code == 200
-            # An absolute-form request target names another host.
-            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
-                body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
-                sock.sendall(
-                    f"POST {other.v1}/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
-                    f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                    "connection: close\r\n\r\n".encode()
-                    + body
-                )
-                reply = b""
-                while chunk := sock.recv(65536):
-                    reply += chunk
-            assert reply.split(b" ", 2)[1] in (b"200", b"400", b"404"), reply[:100]
-            assert other.status()["totals"]["requests"] == 0
-            assert real.status()["totals"]["requests"] >= len(attempts)
+    with mock() as real, mock() as other, gateway(real) as gw:
+        evil = other.url
+        host = evil.removeprefix("http://")
+        attempts = [
+            chat(gw, headers={"host": host}),
+            chat(gw, headers={"x-forwarded-host": host, "x-forwarded-proto": "http"}),
+            chat(gw, headers={"x-upstream-url": other.v1, "x-apim-upstream": other.v1}),
+            chat(gw, headers={"forwarded": f"host={host}"}),
+            chat(gw, base_url=other.v1, api_base=other.v1, upstream_url=other.v1, url=other.v1),
+        ]
+        for response in attempts:
+            assert response.status_code == 200
+        # An absolute-form request target names another host.
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
+            sock.sendall(
+                f"POST {other.v1}/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n".encode()
+                + body
+            )
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.split(b" ", 2)[1] in (b"200", b"400", b"404"), reply[:100]
+        assert other.status()["totals"]["requests"] == 0
+        assert real.status()["totals"]["requests"] >= len(attempts)
