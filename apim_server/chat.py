@@ -19,6 +19,7 @@ from starlette.responses import Response
 from apim_server.exchange import Exchange, record_refusal, shutdown_error
 from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
+from openai_wire.content_type import check_content_type
 from openai_wire.errors import APIError, _validation_message
 from openai_wire.schemas import ChatCompletionRequest
 
@@ -46,21 +47,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_big(limit)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def check_content_type(request: Request) -> None:
-    """JSON, or nothing said: a form or text body is a caller's mistake worth naming."""
-    ctype = request.headers.get("content-type")
-    if ctype is None:
-        return
-    mime = ctype.split(";", 1)[0].strip().lower()
-    if mime != "application/json" and not mime.endswith("+json"):
-        raise APIError(
-            400,
-            f"Invalid Content-Type header ({mime or 'empty'}): the request body must be JSON "
-            "(Content-Type: application/json).",
-            code="invalid_request",
-        )
 
 
 def _too_big(limit: int) -> APIError:

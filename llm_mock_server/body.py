@@ -51,21 +51,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def check_content_type(request: Request) -> None:
-    """JSON or nothing said: a form or text body is a client mistake worth naming."""
-    ctype = request.headers.get("content-type")
-    if ctype is None:
-        return
-    mime = ctype.split(";", 1)[0].strip().lower()
-    if mime != "application/json" and not mime.endswith("+json"):
-        raise APIError(
-            400,
-            f"Invalid Content-Type header ({mime or 'empty'}): the request body must be JSON "
-            "(Content-Type: application/json).",
-            code="invalid_request",
-        )
-
-
 def parse(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
     """The body as a dict (what cost and token counting read) and as the validated schema.
 

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llm_mock_server.auth import KeyCheck, key_label
-from llm_mock_server.body import check_content_type, parse, read_body
+from llm_mock_server.body import parse, read_body
 from llm_mock_server.completion import (
     Choice,
     ChunkWriter,
@@ -37,6 +37,7 @@ from llm_mock_server.rejections import (
     short_name,
     too_large,
 )
+from openai_wire.content_type import check_content_type
 from openai_wire.errors import APIError
 from openai_wire.headers import ratelimit_headers
 from openai_wire.sse import DONE, event
