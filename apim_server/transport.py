@@ -42,10 +42,13 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
+        self.status_code = 0
         self.head_done = False
         self.complete = False
         self.keep_alive = False
         self.received_any = False
+        self.interim = False  # parsing a 1xx answer that precedes the real one
+        self.overrun = False  # bytes past the end of the answer: never reuse this connection
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.paused = False
@@ -58,6 +61,11 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.leased:
+            # Nobody asked: an answer arriving now would be read as the next request's answer.
+            self.overrun = True
+            self._close()
+            return
         self.received_any = True
         try:
             self._parser.feed_data(data)
@@ -84,13 +92,32 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer to one request: whatever it is, it belongs to nobody.
+            self.overrun = True
+            self.keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.overrun:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.overrun:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows on this
+            # connection. Taken as final, the real one would reach the next caller instead.
+            self.interim = True
+            self.headers = []
+            return
+        self.status_code = status
         self.head_done = True
 
     def on_body(self, body: bytes) -> None:
+        if self.overrun:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -98,6 +125,11 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.overrun:
+            return
         self.complete = True
         # Only answerable now: once this callback returns the parser resets for the next message.
         self.keep_alive = self._parser.should_keep_alive()
@@ -106,7 +138,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return not self.closed and self.error is None and self.keep_alive
+        return not self.closed and self.error is None and self.keep_alive and not self.overrun
 
     def send(self, data: bytes) -> None:
         self._reset()
@@ -127,7 +159,7 @@ class _Connection(asyncio.Protocol):
                 timer.cancel()
 
     def status(self) -> int:
-        return self._parser.get_status_code()
+        return self.status_code
 
     def take(self) -> bytes:
         data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]

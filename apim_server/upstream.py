@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from http.cookiejar import CookieJar
 from typing import Any
 
@@ -25,6 +25,7 @@ _HOP = frozenset(
         b"te",
         b"trailer",
         b"upgrade",
+        b"expect",
         b"proxy-authorization",
         b"proxy-connection",
         b"accept-encoding",
@@ -81,13 +82,20 @@ class Upstream:
         """Whether requests carry the gateway's key (APIM_UPSTREAM_API_KEY) rather than the caller's."""
         return self._auth is not None
 
-    def headers(self, caller: Iterable[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
+    def headers(self, caller: Sequence[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
         """The caller's headers minus hop-by-hop ones, plus our request id and credentials."""
         out = [(b"x-request-id", request_id.encode()), (b"accept-encoding", b"identity")]
         auth = self._auth
         drop = self._drop_caller_auth
+        # Headers the caller's `Connection` names are hop-by-hop too (RFC 9110 7.6.1).
+        named = {
+            token.strip().lower()
+            for name, value in caller
+            if name == b"connection"
+            for token in value.split(b",")
+        }
         for name, value in caller:
-            if name in _HOP or (drop and name in _CREDENTIALS):
+            if name in _HOP or name in named or (drop and name in _CREDENTIALS):
                 continue
             out.append((name, value))
         if auth is not None:

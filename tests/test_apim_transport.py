@@ -192,3 +192,56 @@ async def test_the_pool_never_opens_more_than_its_size() -> None:
         responses = await asyncio.gather(*(client.post(server.url, content=b"{}") for _ in range(8)))
         assert [r.status_code for r in responses] == [200] * 8
         assert server.most_open == 2
+
+
+async def test_an_interim_100_continue_is_skipped_and_never_handed_to_the_next_request(
+    client: httpx.AsyncClient,
+) -> None:
+    # The upstream sends "100 Continue" and only later its real answer. Taking the 100 as the
+    # answer would return the connection to the pool with the real answer still coming, and the
+    # next request on it would read the previous caller's completion.
+    async def continue_then_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                body = await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if body is None:
+                return
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+            writer.write(answer(b'{"caller":"%s"}' % body))
+            await writer.drain()
+
+    async with Server(continue_then_answer) as server:
+        for caller in (b"alice", b"bob", b"carol"):
+            response = await client.post(server.url, content=caller)
+            assert response.status_code == 200
+            assert response.json() == {"caller": caller.decode()}
+            assert "link" not in response.headers
+        assert server.connections == 1
+
+
+async def test_data_arriving_on_an_idle_connection_makes_it_unusable(client: httpx.AsyncClient) -> None:
+    # Bytes nobody asked for (a late or extra answer) must never be read as the next answer.
+    async def answer_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                body = await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if body is None:
+                return
+            writer.write(answer(b'{"caller":"%s"}' % body))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(answer(b'{"caller":"stale"}'))
+            await writer.drain()
+
+    async with Server(answer_twice) as server:
+        assert (await client.post(server.url, content=b"alice")).json() == {"caller": "alice"}
+        await asyncio.sleep(0.2)
+        assert (await client.post(server.url, content=b"bob")).json() == {"caller": "bob"}
+        assert server.connections == 2
