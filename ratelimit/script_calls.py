@@ -4,6 +4,9 @@ A Python client spends far more time per command than Redis does running the lim
 callers that arrive in the same event-loop turn while others are waiting share one
 pipeline: one write, one read, each script call still atomic and in arrival order. A call
 made while none is under way goes out at once, on its own.
+
+On a Redis Cluster the cluster client refuses scripts in a pipeline: there every call goes
+out on its own, concurrently with the others, to the master of its keys' slot.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from ratelimit.redis_connection import Client, RedisConnection
 
 
 @dataclass(slots=True)
@@ -25,10 +29,11 @@ class _Call:
 
 
 class ScriptCalls:
-    """EVALSHA of ``script``, reloading it when Redis has lost it (restart, SCRIPT FLUSH)."""
+    """EVALSHA of ``script``, reloading it when Redis has lost it (restart, SCRIPT FLUSH,
+    a node that has never run it: a new master after a failover)."""
 
-    def __init__(self, redis: Redis, script: str, timeout_s: float) -> None:
-        self.redis = redis
+    def __init__(self, connection: RedisConnection, script: str, timeout_s: float) -> None:
+        self.connection = connection
         self.script = script
         self.timeout_s = timeout_s
         self.sha = hashlib.sha1(script.encode()).hexdigest()
@@ -38,11 +43,16 @@ class ScriptCalls:
 
     async def call(self, keys: list[str], line: str) -> Any:
         """The script's reply for ``keys`` and the one argument ``line``."""
+        client = self.connection.current
+        if client is None:
+            client = await self.connection.client()
+        if self.connection.cluster:
+            return await self._one(client, keys, line)
         if self._forming is None and not self._alone and not self._sending:
             # Nothing under way: waiting a turn for company would only add latency.
             self._alone += 1
             try:
-                return await self._one(keys, line)
+                return await self._one(client, keys, line)
             finally:
                 self._alone -= 1
         loop = asyncio.get_running_loop()
@@ -69,7 +79,7 @@ class ScriptCalls:
         if len(forming) == 1:
             self._alone += 1
             try:
-                return await self._one(keys, line)
+                return await self._one(client, keys, line)
             finally:
                 self._alone -= 1
         return await own.future
@@ -79,12 +89,12 @@ class ScriptCalls:
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
-    async def _one(self, keys: list[str], line: str) -> Any:
+    async def _one(self, client: Client, keys: list[str], line: str) -> Any:
         try:
-            return await self.redis.evalsha(self.sha, len(keys), *keys, line)
+            return await client.evalsha(self.sha, len(keys), *keys, line)
         except NoScriptError:
-            await self.redis.script_load(self.script)
-            return await self.redis.evalsha(self.sha, len(keys), *keys, line)
+            # EVAL runs it and caches it on the node that owns the keys, whichever that is.
+            return await client.eval(self.script, len(keys), *keys, line)
 
     async def _send(self, batch: list[_Call]) -> None:
         live = [c for c in batch if not c.future.done()]
@@ -112,18 +122,23 @@ class ScriptCalls:
             else:
                 c.future.set_result(result)
 
+    def _client(self) -> Client:
+        # Batches form only after a first call has opened the client.
+        assert self.connection.current is not None
+        return self.connection.current
+
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         results = await self._execute(calls)
         lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if lost:
-            await self.redis.script_load(self.script)
+            await self._client().script_load(self.script)
             again = await self._execute([calls[i] for i in lost])
             for i, result in zip(lost, again, strict=True):
                 results[i] = result
         return results
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._client().pipeline(transaction=False)
         for c in calls:
             pipe.evalsha(self.sha, len(c.keys), *c.keys, c.line)
         return await pipe.execute(raise_on_error=False)
