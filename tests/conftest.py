@@ -90,6 +90,12 @@ def _server_binary(what: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_server_binary() -> str:
+    """The redis-server binary, for tests that start a server of their own."""
+    return _server_binary("a private Redis")
+
+
+@pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[Cluster]:
     """A private Redis Cluster: 3 masters, 3 replicas, cluster-node-timeout 1 s."""
     cluster = Cluster(_server_binary("a Redis Cluster"))

@@ -8,8 +8,11 @@ master start it again and wait until the topology is whole before they end.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -17,7 +20,7 @@ from redis.exceptions import ReadOnlyError
 
 from apim_server.cluster import Cluster as ClusterView
 from ratelimit import Cost, Limits, RedisStore
-from tests.topologies import Cluster, Sentinels, wait_until
+from tests.topologies import COMMON, Cluster, Node, Sentinels, wait_until
 
 POLICY = Limits(rpm=1000, tpm=0, rpd=0, tpd=0).policy()
 
@@ -179,3 +182,33 @@ async def test_sentinel_failover_is_followed(redis_sentinels: Sentinels) -> None
             if node.process is None:
                 node.start()
         wait_until(redis_sentinels.healthy, "the Sentinel set to be whole again", timeout=60)
+
+
+# --- one server, a user confined to the service's keys ---------------------------------------------
+
+
+ACL = "ACL SETUSER app on >s3cret:pw ~{apim:* +@read +@write +@scripting +info +ping +time -script|flush"
+
+
+async def test_an_acl_user_confined_to_the_prefix_is_enough(redis_server_binary: str) -> None:
+    """The ACL of the README: admissions, readiness and restart detection all work with it.
+    (A private server: the shared one's users are not ours to change.)"""
+    node = Node(redis_server_binary, Path(tempfile.mkdtemp(prefix="apim-test-acl-")), COMMON)
+    node.start()
+    try:
+        node.client().execute_command(*ACL.split(" "))
+        store = RedisStore.from_url(f"redis://app:s3cret%3Apw@127.0.0.1:{node.port}/0", prefix="apim")
+        try:
+            assert (await store.acquire("k", POLICY, Cost(1, 5))).allowed
+            assert await store.ready("k")
+            assert (await store.server("k")).run_id == node.info("server")["run_id"]
+        finally:
+            await store.close()
+        outsider = RedisStore.from_url(f"redis://app:s3cret%3Apw@127.0.0.1:{node.port}/0", prefix="other")
+        try:
+            assert not await outsider.ready("k")  # keys outside the user's pattern
+        finally:
+            await outsider.close()
+    finally:
+        node.stop()
+        shutil.rmtree(node.dir.parent, ignore_errors=True)
