@@ -48,6 +48,19 @@ class Settings(BaseSettings):
         "`redis+sentinel://host:port[,host:port]/service_name[/db]` for Sentinel.",
     )
     redis_prefix: str = Field("apim", min_length=1, description="Key prefix of the gateway's keys in Redis.")
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Grant an admission only once this many Redis replicas have it (`WAIT`, at most "
+        "APIM_REDIS_WAIT_MS), so a failover cannot lose granted admissions (0 = off: a failover may "
+        "lose the last moments' admissions).",
+    )
+    redis_wait_ms: int = Field(
+        100,
+        ge=1,
+        description="Longest wait for APIM_REDIS_WAIT_REPLICAS replicas per admission; past it the "
+        "admission is granted anyway and a warning logged.",
+    )
     queue_timeout_s: float = Field(
         300, gt=0, description="Longest wait in the queue; then 504 `queue_timeout` (no budget used)."
     )

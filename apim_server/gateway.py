@@ -53,7 +53,12 @@ class Gateway:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.redis_url, settings.redis_prefix)
+        self.store = store or open_store(
+            settings.redis_url,
+            settings.redis_prefix,
+            replicas=settings.redis_wait_replicas,
+            replica_wait_ms=settings.redis_wait_ms,
+        )
         self.limiter = Limiter(settings.limits(), self.store)
         self.key = budget_key(settings.upstream_url)
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens)
@@ -106,6 +111,11 @@ class Gateway:
         """Whether the Redis server holding the budget started less than ``within_s`` ago
         (restarted in an outage)."""
         assert isinstance(self.store, RedisStore)
+        if not await self.store.ready(self.key):
+            # Answering is not enough (a replica answers reads): hold until a write can succeed.
+            raise ConnectionError(
+                "the limiter store cannot admit yet (a replica, or no master for the budget)"
+            )
         return (await self.store.server(self.key)).uptime_s <= within_s + 1
 
     def _on_admit(self, ticket: Ticket, decision: Decision) -> None:

@@ -43,19 +43,34 @@ class RedisStore(Store):
         prefix: str = "ratelimit",
         clock: Clock | None = None,
         timeout_s: float = 5.0,
+        replicas: int = 0,
+        replica_wait_ms: int = 100,
     ) -> None:
         self.connection = redis if isinstance(redis, RedisConnection) else RedisConnection(client=redis)
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._clock = clock
-        self._calls = ScriptCalls(self.connection, SCRIPT, timeout_s)
+        self._calls = ScriptCalls(self.connection, SCRIPT, timeout_s, replicas, replica_wait_ms)
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "ratelimit", clock: Clock | None = None, timeout_s: float = 5.0
+        cls,
+        url: str,
+        prefix: str = "ratelimit",
+        clock: Clock | None = None,
+        timeout_s: float = 5.0,
+        replicas: int = 0,
+        replica_wait_ms: int = 100,
     ) -> RedisStore:
-        """A store on any URL form of ``ratelimit.redis_url``; connects on first use."""
-        return cls(RedisConnection(url, timeout_s), prefix, clock, timeout_s)
+        """A store on any URL form of ``ratelimit.redis_url``; connects on first use. With
+        ``replicas``, each operation returns once that many replicas have it (Redis WAIT, at most
+        ``replica_wait_ms``), so a failover cannot lose a granted admission."""
+        return cls(RedisConnection(url, timeout_s), prefix, clock, timeout_s, replicas, replica_wait_ms)
+
+    @property
+    def unreplicated(self) -> int:
+        """Operations that returned before ``replicas`` replicas acknowledged them."""
+        return self._calls.unreplicated
 
     @property
     def redis(self) -> Client:

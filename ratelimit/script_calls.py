@@ -7,18 +7,27 @@ made while none is under way goes out at once, on its own.
 
 On a Redis Cluster the cluster client refuses scripts in a pipeline: there every call goes
 out on its own, concurrently with the others, to the master of its keys' slot.
+
+With ``replicas`` set, every call is followed by ``WAIT replicas ms`` on the same connection
+(WAIT covers the writes of its own connection only): a call returns once that many replicas
+have its writes, or after ``replica_wait_ms`` (then it counts in ``unreplicated``). A failover
+then cannot lose an admission that was granted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.exceptions import NoScriptError
 
 from ratelimit.redis_connection import Client, RedisConnection
+
+log = logging.getLogger("ratelimit.redis")
 
 
 @dataclass(slots=True)
@@ -32,10 +41,21 @@ class ScriptCalls:
     """EVALSHA of ``script``, reloading it when Redis has lost it (restart, SCRIPT FLUSH,
     a node that has never run it: a new master after a failover)."""
 
-    def __init__(self, connection: RedisConnection, script: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        connection: RedisConnection,
+        script: str,
+        timeout_s: float,
+        replicas: int = 0,
+        replica_wait_ms: int = 100,
+    ) -> None:
         self.connection = connection
         self.script = script
         self.timeout_s = timeout_s
+        self.replicas = replicas
+        self.replica_wait_ms = replica_wait_ms
+        self.unreplicated = 0
+        """Calls that returned before ``replicas`` replicas acknowledged them."""
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self._forming: list[_Call] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -90,6 +110,15 @@ class ScriptCalls:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def _one(self, client: Client, keys: list[str], line: str) -> Any:
+        if self.replicas:
+            if isinstance(client, RedisCluster):
+                return await self._on_node(client, keys, line)
+            # A pipeline of one: the call and its WAIT on one connection.
+            alone = _Call(keys, line, asyncio.get_running_loop().create_future())
+            result = (await self._pipeline([alone]))[0]
+            if isinstance(result, Exception):
+                raise result
+            return result
         try:
             return await client.evalsha(self.sha, len(keys), *keys, line)
         except NoScriptError:
@@ -141,4 +170,52 @@ class ScriptCalls:
         pipe = self._client().pipeline(transaction=False)
         for c in calls:
             pipe.evalsha(self.sha, len(c.keys), *c.keys, c.line)
-        return await pipe.execute(raise_on_error=False)
+        if not self.replicas:
+            return await pipe.execute(raise_on_error=False)
+        pipe.execute_command("WAIT", self.replicas, self.replica_wait_ms)
+        *results, acked = await pipe.execute(raise_on_error=False)
+        self._count(acked, len(calls))
+        return results
+
+    def _count(self, acked: Any, calls: int) -> None:
+        if isinstance(acked, Exception) or int(acked) < self.replicas:
+            self._unconfirmed(calls)
+
+    def _unconfirmed(self, calls: int) -> None:
+        if not self.unreplicated:
+            log.warning(
+                "limiter writes returned before %d Redis replica(s) acknowledged them (within %d ms): "
+                "a failover now could lose them; counted in the store's `unreplicated`",
+                self.replicas,
+                self.replica_wait_ms,
+            )
+        self.unreplicated += calls
+
+    async def _on_node(self, client: RedisCluster, keys: list[str], line: str) -> Any:
+        """One call and its WAIT on one connection to the master of the keys' slot (the
+        cluster client itself has no way to send them together)."""
+        await client.initialize()
+        node = client.get_node_from_key(keys[0])
+        if node is not None:
+            for command, body in (("EVALSHA", self.sha), ("EVAL", self.script)):
+                sent = [
+                    PipelineCommand(0, command, body, len(keys), *keys, line),
+                    PipelineCommand(1, "WAIT", self.replicas, self.replica_wait_ms),
+                ]
+                try:
+                    await node.execute_pipeline(sent)
+                except Exception:  # noqa: BLE001 - the node is gone: the cluster client finds the new one
+                    break
+                result, acked = sent[0].result, sent[1].result
+                if isinstance(result, NoScriptError):
+                    continue
+                if isinstance(result, Exception):
+                    break  # MOVED, ASK, CLUSTERDOWN...: the cluster client's own path handles them
+                self._count(acked, 1)
+                return result
+        # Redirected or failed over: the ordinary call (which follows the cluster), unconfirmed.
+        self._unconfirmed(1)
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, line)
+        except NoScriptError:
+            return await client.eval(self.script, len(keys), *keys, line)

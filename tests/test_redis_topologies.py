@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from redis.exceptions import ReadOnlyError
 
 from apim_server.cluster import Cluster as ClusterView
 from ratelimit import Cost, Limits, RedisStore
+from tests.processes import free_port
 from tests.topologies import COMMON, Cluster, Node, Sentinels, wait_until
 
 POLICY = Limits(rpm=1000, tpm=0, rpd=0, tpd=0).policy()
@@ -212,3 +217,118 @@ async def test_an_acl_user_confined_to_the_prefix_is_enough(redis_server_binary:
     finally:
         node.stop()
         shutil.rmtree(node.dir.parent, ignore_errors=True)
+
+
+# --- WAIT: an admission is on a replica before it is granted ---------------------------------------
+
+
+@contextmanager
+def stopped(node: Node) -> Iterator[None]:
+    """The node frozen (SIGSTOP): connected, but acknowledging nothing."""
+    assert node.process is not None
+    node.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        node.process.send_signal(signal.SIGCONT)
+
+
+async def check_replicated_writes(store: RedisStore, key: str, replica: Node) -> None:
+    assert (await store.acquire(key, POLICY, Cost(1, 0))).allowed
+    assert store.unreplicated == 0
+    with stopped(replica):
+        # Granted all the same once the wait runs out, and counted as not confirmed: one alone,
+        # then five at once (a pipeline on one server, concurrent calls on a Cluster).
+        assert (await store.acquire(key, POLICY, Cost(1, 0))).allowed
+        assert store.unreplicated == 1
+        batch = await asyncio.gather(*(store.acquire(key, POLICY, Cost(1, 0)) for _ in range(5)))
+        assert all(d.allowed for d in batch)
+        assert store.unreplicated == 6
+    assert (await store.acquire(key, POLICY, Cost(1, 0))).allowed
+    assert store.unreplicated == 6
+
+
+async def test_wait_for_a_replica_through_sentinel(redis_sentinels: Sentinels) -> None:
+    replica = redis_sentinels.other(redis_sentinels.current_master())
+    store = RedisStore.from_url(redis_sentinels.url(), prefix=prefix(), replicas=1, replica_wait_ms=300)
+    try:
+        await check_replicated_writes(store, "k", replica)
+    finally:
+        await store.close()
+    wait_until(redis_sentinels.healthy, "the Sentinel set to be whole again", timeout=60)
+
+
+async def test_wait_for_a_replica_on_a_cluster(redis_cluster: Cluster) -> None:
+    store = RedisStore.from_url(redis_cluster.url(3), prefix=prefix(), replicas=1, replica_wait_ms=300)
+    try:
+        await store.client()
+        replica = redis_cluster.replica_of(redis_cluster.owner(store.keys("k")[0]))
+        await check_replicated_writes(store, "k", replica)
+    finally:
+        await store.close()
+    wait_until(redis_cluster.healthy, "the cluster to be whole again", timeout=60)
+
+
+async def test_without_wait_nothing_is_confirmed_or_counted(redis_sentinels: Sentinels) -> None:
+    """The default: no WAIT, so a frozen replica changes nothing for the store."""
+    replica = redis_sentinels.other(redis_sentinels.current_master())
+    store = RedisStore.from_url(redis_sentinels.url(), prefix=prefix())
+    try:
+        with stopped(replica):
+            batch = await asyncio.gather(*(store.acquire("k", POLICY, Cost(1, 0)) for _ in range(5)))
+            assert all(d.allowed for d in batch)
+        assert store.unreplicated == 0
+    finally:
+        await store.close()
+
+
+# --- TLS -------------------------------------------------------------------------------------------
+
+
+def make_certificates(directory: Path) -> None:
+    """A throw-away CA (ca.pem) and a certificate for 127.0.0.1 signed by it (server.pem)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    subj = ("-nodes", "-days", "2", "-subj")
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", *subj, "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.pem"
+    )
+    openssl(
+        "req", "-newkey", "rsa:2048", *subj, "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "san.ext", "-out", "server.pem",
+    )  # fmt: skip
+
+
+async def test_rediss_with_a_ca_file(redis_server_binary: str, tmp_path: Path) -> None:
+    """``rediss://`` with ``ssl_ca_certs``: admits and is ready; without the CA it is not."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate with")
+    make_certificates(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-auth-clients", "no"]
+    for option, name in (("--tls-cert-file", "server.pem"), ("--tls-key-file", "server.key")):
+        tls += [option, str(tmp_path / name)]
+    node = Node(redis_server_binary, tmp_path, [*COMMON, *tls])  # Node.start waits on the plain port
+    try:
+        node.start()
+    except RuntimeError:
+        pytest.skip("this redis-server has no TLS support")
+    try:
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        trusted = RedisStore.from_url(f"{url}?ssl_ca_certs={tmp_path / 'ca.pem'}", prefix=prefix())
+        untrusted = RedisStore.from_url(url, prefix=prefix())
+        try:
+            assert (await trusted.acquire("k", POLICY, Cost(1, 0))).allowed
+            assert await trusted.ready("k")
+            assert not await untrusted.ready("k")  # the system's CAs do not know ours
+        finally:
+            await trusted.close()
+            await untrusted.close()
+    finally:
+        node.stop()
