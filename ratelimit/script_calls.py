@@ -11,7 +11,9 @@ out on its own, concurrently with the others, to the master of its keys' slot.
 With ``replicas`` set, every call is followed by ``WAIT replicas ms`` on the same connection
 (WAIT covers the writes of its own connection only): a call returns once that many replicas
 have its writes, or after ``replica_wait_ms`` (then it counts in ``unreplicated``). A failover
-then cannot lose an admission that was granted.
+then cannot lose an admission that was granted. After a wait that ran out (no replica: say a
+master just promoted) calls go unconfirmed for ``WAIT_RETRY_S`` before waiting again, so a
+missing replica costs one wait per interval, not one per admission.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,8 @@ from redis.exceptions import NoScriptError
 from ratelimit.redis_connection import Client, RedisConnection
 
 log = logging.getLogger("ratelimit.redis")
+
+WAIT_RETRY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -56,6 +61,7 @@ class ScriptCalls:
         self.replica_wait_ms = replica_wait_ms
         self.unreplicated = 0
         """Calls that returned before ``replicas`` replicas acknowledged them."""
+        self._wait_again_at = 0.0  # monotonic; no WAIT before it (the last one ran out)
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self._forming: list[_Call] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -110,7 +116,7 @@ class ScriptCalls:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def _one(self, client: Client, keys: list[str], line: str) -> Any:
-        if self.replicas:
+        if self._waiting():
             if isinstance(client, RedisCluster):
                 return await self._on_node(client, keys, line)
             # A pipeline of one: the call and its WAIT on one connection.
@@ -119,6 +125,12 @@ class ScriptCalls:
             if isinstance(result, Exception):
                 raise result
             return result
+        result = await self._plain(client, keys, line)
+        if self.replicas:
+            self._unconfirmed(1)
+        return result
+
+    async def _plain(self, client: Client, keys: list[str], line: str) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, line)
         except NoScriptError:
@@ -170,15 +182,22 @@ class ScriptCalls:
         pipe = self._client().pipeline(transaction=False)
         for c in calls:
             pipe.evalsha(self.sha, len(c.keys), *c.keys, c.line)
-        if not self.replicas:
-            return await pipe.execute(raise_on_error=False)
+        if not self._waiting():
+            results = await pipe.execute(raise_on_error=False)
+            if self.replicas:
+                self._unconfirmed(len(calls))
+            return results
         pipe.execute_command("WAIT", self.replicas, self.replica_wait_ms)
         *results, acked = await pipe.execute(raise_on_error=False)
         self._count(acked, len(calls))
         return results
 
+    def _waiting(self) -> bool:
+        return bool(self.replicas) and time.monotonic() >= self._wait_again_at
+
     def _count(self, acked: Any, calls: int) -> None:
         if isinstance(acked, Exception) or int(acked) < self.replicas:
+            self._wait_again_at = time.monotonic() + WAIT_RETRY_S
             self._unconfirmed(calls)
 
     def _unconfirmed(self, calls: int) -> None:
@@ -214,8 +233,6 @@ class ScriptCalls:
                 self._count(acked, 1)
                 return result
         # Redirected or failed over: the ordinary call (which follows the cluster), unconfirmed.
+        result = await self._plain(client, keys, line)
         self._unconfirmed(1)
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, line)
-        except NoScriptError:
-            return await client.eval(self.script, len(keys), *keys, line)
+        return result

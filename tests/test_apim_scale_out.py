@@ -58,13 +58,15 @@ def test_two_gateways_on_different_nodes_share_one_budget_exactly(redis_cluster:
 def test_killing_the_budgets_master_under_load_loses_nothing(redis_cluster: Cluster) -> None:
     """A paced budget (10 per second) under steady load; the master that holds it is killed.
     Admission holds while the slot has no master, resumes after the replica's promotion, and
-    every request is answered 200 without a single upstream 429."""
+    every request is answered 200 without a single upstream 429. The gateway waits for a
+    replica to have each admission (the README's advice for failovers)."""
     prefix = f"failover-{uuid.uuid4().hex[:8]}"
     limits = {"RPM_LIMIT": "600", "SHORT_WINDOW_S": "1"}
+    waits = {"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_MS": "200"}
     threads, per_thread = 6, 12
     with (
         mock(**limits) as upstream,
-        gateway(upstream, **limits, **on_redis(redis_cluster.url(1), prefix)) as gw,
+        gateway(upstream, **limits, **waits, **on_redis(redis_cluster.url(1), prefix)) as gw,
     ):
         owner = redis_cluster.owner(budget_slot_key(prefix, upstream))
         replica = redis_cluster.replica_of(owner)
