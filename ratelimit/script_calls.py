@@ -5,8 +5,10 @@ callers that arrive in the same event-loop turn while others are waiting share o
 pipeline: one write, one read, each script call still atomic and in arrival order. A call
 made while none is under way goes out at once, on its own.
 
-On a Redis Cluster the cluster client refuses scripts in a pipeline: there every call goes
-out on its own, concurrently with the others, to the master of its keys' slot.
+On a Redis Cluster the cluster client refuses scripts in a pipeline: there a batch is split
+by master, one pipeline per master on one of its connections, and a call a node turns away
+(MOVED, ASK, NOSCRIPT, a dead connection) goes again by the cluster client's own path, which
+follows redirections and failovers.
 
 With ``replicas`` set, every call is followed by ``WAIT replicas ms`` on the same connection
 (WAIT covers the writes of its own connection only): a call returns once that many replicas
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio.cluster import PipelineCommand, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.exceptions import NoScriptError
 
 from ratelimit.redis_connection import Client, RedisConnection
@@ -72,8 +74,6 @@ class ScriptCalls:
         client = self.connection.current
         if client is None:
             client = await self.connection.client()
-        if self.connection.cluster:
-            return await self._one(client, keys, line)
         if self._forming is None and not self._alone and not self._sending:
             # Nothing under way: waiting a turn for company would only add latency.
             self._alone += 1
@@ -117,8 +117,6 @@ class ScriptCalls:
 
     async def _one(self, client: Client, keys: list[str], line: str) -> Any:
         if self._waiting():
-            if isinstance(client, RedisCluster):
-                return await self._on_node(client, keys, line)
             # A pipeline of one: the call and its WAIT on one connection.
             alone = _Call(keys, line, asyncio.get_running_loop().create_future())
             result = (await self._pipeline([alone]))[0]
@@ -169,6 +167,9 @@ class ScriptCalls:
         return self.connection.current
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        client = self._client()
+        if isinstance(client, RedisCluster):
+            return await self._by_node(client, calls)
         results = await self._execute(calls)
         lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if lost:
@@ -201,6 +202,8 @@ class ScriptCalls:
             self._unconfirmed(calls)
 
     def _unconfirmed(self, calls: int) -> None:
+        if calls <= 0:
+            return
         if not self.unreplicated:
             log.warning(
                 "limiter writes returned before %d Redis replica(s) acknowledged them (within %d ms): "
@@ -210,29 +213,53 @@ class ScriptCalls:
             )
         self.unreplicated += calls
 
-    async def _on_node(self, client: RedisCluster, keys: list[str], line: str) -> Any:
-        """One call and its WAIT on one connection to the master of the keys' slot (the
-        cluster client itself has no way to send them together)."""
+    async def _by_node(self, client: RedisCluster, calls: list[_Call]) -> list[Any]:
+        """One pipeline per master, each call to its slot's master as the client last saw it."""
         await client.initialize()
-        node = client.get_node_from_key(keys[0])
-        if node is not None:
-            for command, body in (("EVALSHA", self.sha), ("EVAL", self.script)):
-                sent = [
-                    PipelineCommand(0, command, body, len(keys), *keys, line),
-                    PipelineCommand(1, "WAIT", self.replicas, self.replica_wait_ms),
-                ]
-                try:
-                    await node.execute_pipeline(sent)
-                except Exception:  # noqa: BLE001 - the node is gone: the cluster client finds the new one
-                    break
-                result, acked = sent[0].result, sent[1].result
-                if isinstance(result, NoScriptError):
-                    continue
-                if isinstance(result, Exception):
-                    break  # MOVED, ASK, CLUSTERDOWN...: the cluster client's own path handles them
-                self._count(acked, 1)
-                return result
-        # Redirected or failed over: the ordinary call (which follows the cluster), unconfirmed.
-        result = await self._plain(client, keys, line)
-        self._unconfirmed(1)
-        return result
+        results: list[Any] = [None] * len(calls)
+        again: list[int] = []  # turned away: by the cluster client's own path
+        groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i, c in enumerate(calls):
+            node = client.get_node_from_key(c.keys[0])
+            if node is None:
+                again.append(i)
+            else:
+                groups.setdefault(node.name, (node, []))[1].append(i)
+        waiting = self._waiting()
+
+        async def send(node: ClusterNode, indexes: list[int]) -> None:
+            sent = [
+                PipelineCommand(j, "EVALSHA", self.sha, len(calls[j].keys), *calls[j].keys, calls[j].line)
+                for j in indexes
+            ]
+            if waiting:
+                sent.append(PipelineCommand(-1, "WAIT", self.replicas, self.replica_wait_ms))
+            try:
+                await node.execute_pipeline(sent)
+            except Exception:  # noqa: BLE001 - the node is gone: the cluster client finds the new one
+                # A call that ran before the connection broke runs twice: over-counted, never under.
+                again.extend(indexes)
+                return
+            acked = sent.pop().result if waiting else None
+            answered = 0
+            for command, j in zip(sent, indexes, strict=True):
+                if isinstance(command.result, Exception):
+                    again.append(j)
+                else:
+                    results[j] = command.result
+                    answered += 1
+            if waiting:
+                self._count(acked, answered)
+            elif self.replicas:
+                self._unconfirmed(answered)
+
+        await asyncio.gather(*(send(node, indexes) for node, indexes in groups.values()))
+        if again:
+            replies = await asyncio.gather(
+                *(self._plain(client, calls[j].keys, calls[j].line) for j in again), return_exceptions=True
+            )
+            for j, reply in zip(again, replies, strict=True):
+                results[j] = reply
+            if self.replicas:
+                self._unconfirmed(sum(1 for r in replies if not isinstance(r, BaseException)))
+        return results

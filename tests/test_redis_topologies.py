@@ -238,7 +238,7 @@ async def check_replicated_writes(store: RedisStore, key: str, replica: Node) ->
     assert store.unreplicated == 0
     with stopped(replica):
         # Granted all the same once the wait runs out, and counted as not confirmed: one alone,
-        # then five at once (a pipeline on one server, concurrent calls on a Cluster).
+        # then five at once (one alone, then a pipeline of four).
         assert (await store.acquire(key, POLICY, Cost(1, 0))).allowed
         assert store.unreplicated == 1
         batch = await asyncio.gather(*(store.acquire(key, POLICY, Cost(1, 0)) for _ in range(5)))
