@@ -106,7 +106,9 @@ def test_killing_the_budgets_master_under_load_loses_nothing(redis_cluster: Clus
             wait_until(redis_cluster.healthy, "the cluster to be whole again", timeout=60)
 
 
-def test_gateway_on_sentinel_and_not_ready_on_a_replica(redis_sentinels: Sentinels) -> None:
+def test_gateway_on_sentinel_follows_a_failover_and_is_not_ready_on_a_replica(
+    redis_sentinels: Sentinels,
+) -> None:
     prefix = f"sentinel-{uuid.uuid4().hex[:8]}"
     replica = redis_sentinels.other(redis_sentinels.current_master())
     with (
@@ -125,3 +127,18 @@ def test_gateway_on_sentinel_and_not_ready_on_a_replica(redis_sentinels: Sentine
         assert body["store"] is False
         assert chat(on_replica).status_code in (503, 504)
         assert upstream.status()["totals"]["requests"] == 3
+
+        # The master dies: requests sent meanwhile wait, then go through the promoted replica.
+        old = redis_sentinels.current_master()
+        old.client().wait(1, 2000)
+        try:
+            old.kill()
+            calls = [Background(lambda: chat(gw)) for _ in range(5)]
+            assert [c.join(timeout=60).status_code for c in calls] == [200] * 5
+            assert redis_sentinels.current_master() is not old
+            assert gw.status()["limits"]["rpm"]["used"] == 8
+            assert upstream.status()["totals"]["requests"] == 8
+            wait_for(lambda: ready(gw) == 200, timeout=10, what="the gateway to be ready again")
+        finally:
+            old.start()
+            wait_until(redis_sentinels.healthy, "the Sentinel set to be whole again", timeout=60)
