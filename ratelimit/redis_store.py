@@ -1,5 +1,5 @@
 """The shared store: lua/limiter.lua on Redis, one EVALSHA per operation (pipelined with
-the other operations of the same event-loop turn; concurrent on a Redis Cluster)."""
+the other operations of the same event-loop turn: one pipeline per master on a Cluster)."""
 
 from __future__ import annotations
 
