@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from ratelimit.redis_store import RedisStore
 
 log = logging.getLogger("apim.cluster")
 
@@ -22,17 +22,20 @@ SUMMED = ("depth", "in_flight", "admitted", "requests")
 
 class Cluster:
     """This instance's figures under ``{prefix:cluster}:instance:<id>`` (expiring), indexed by a
-    sorted set of last-publish times; all keys share one hash tag (Redis Cluster safe)."""
+    sorted set of last-publish times; all keys share one hash tag, so on a Redis Cluster the
+    whole view lives in one slot and one pipeline or MGET reads it."""
 
     def __init__(
         self,
-        redis: Redis | None,
+        store: RedisStore | None,
         prefix: str,
         instance_id: str,
         figures: Callable[[], dict[str, Any]],
         on_failure: Callable[[BaseException], None] | None = None,
+        budget_key: str = "",
     ) -> None:
-        self.redis = redis
+        self.store = store
+        self.budget_key = budget_key
         self.on_failure = on_failure
         self.instance_id = instance_id
         self.figures = figures
@@ -43,7 +46,7 @@ class Cluster:
         self._run_id: str | None = None
 
     def start(self) -> None:
-        if self.redis is not None:
+        if self.store is not None:
             self._task = asyncio.get_running_loop().create_task(self._publish_forever(), name="apim-cluster")
 
     async def stop(self) -> None:
@@ -52,10 +55,11 @@ class Cluster:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self.redis is not None:
+        if self.store is not None:
             try:
+                client = await self.store.client()
                 await (
-                    self.redis.pipeline(transaction=False)
+                    client.pipeline(transaction=False)
                     .delete(self._prefix + self.instance_id)
                     .zrem(self._index, self.instance_id)
                     .execute()
@@ -64,20 +68,21 @@ class Cluster:
                 log.debug("could not withdraw this instance from the cluster view")
 
     async def check_server(self) -> None:
-        """Notice a Redis that restarted between two looks (a new run id), even an outage too short
-        for any command to fail: the store's record may be gone."""
-        assert self.redis is not None
-        run_id = (await self.redis.info("server")).get("run_id")
+        """Notice that the server holding the budget changed between two looks (a new run id: it
+        restarted, or a replica took over), even in an outage too short for any command to fail:
+        the store's record may be gone or behind."""
+        assert self.store is not None
+        run_id = (await self.store.server(self.budget_key)).run_id
         if self._run_id is not None and run_id != self._run_id and self.on_failure is not None:
-            log.warning("the Redis server restarted (new run id)")
-            self.on_failure(ConnectionError("the Redis server restarted"))
+            log.warning("the Redis server holding the budget changed (new run id: a restart or a failover)")
+            self.on_failure(ConnectionError("the Redis server holding the budget changed"))
         self._run_id = run_id
 
     async def publish(self) -> None:
-        assert self.redis is not None
+        assert self.store is not None
         now_ms = int(time.time() * 1000)
         payload = json.dumps(self.figures(), separators=(",", ":"))
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = (await self.store.client()).pipeline(transaction=False)
         pipe.set(self._prefix + self.instance_id, payload, px=TTL_MS)
         pipe.zadd(self._index, {self.instance_id: now_ms})
         pipe.zremrangebyscore(self._index, "-inf", now_ms - TTL_MS)
@@ -87,17 +92,18 @@ class Cluster:
     async def view(self) -> dict[str, Any]:
         """``{"instances": N, "depth": sum, "in_flight": sum, ...}`` over live instances."""
         own = self.figures()
-        if self.redis is None:
+        if self.store is None:
             return {"instances": 1, **{k: own.get(k, 0) for k in SUMMED}}
+        client = await self.store.client()
         now_ms = int(time.time() * 1000)
         ids = [
             i.decode() if isinstance(i, bytes) else str(i)
-            for i in await self.redis.zrangebyscore(self._index, now_ms - TTL_MS, "+inf")
+            for i in await client.zrangebyscore(self._index, now_ms - TTL_MS, "+inf")
         ]
         others = [i for i in ids if i != self.instance_id]
         rows = [own]
         if others:
-            for raw in await self.redis.mget([self._prefix + i for i in others]):
+            for raw in await client.mget([self._prefix + i for i in others]):
                 if raw is not None:
                     rows.append(json.loads(raw))
         return {"instances": len(rows), **{k: sum(r.get(k, 0) for r in rows) for k in SUMMED}}

@@ -8,7 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
-from serving.settings import LogLevel, SecretList, SubWindowSeconds, TimeZoneName
+from serving.settings import LogLevel, RedisURL, SecretList, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "APIM_"
 
@@ -41,10 +41,26 @@ class Settings(BaseSettings):
     daily_reset_tz: TimeZoneName = Field(
         "UTC", description="Time zone whose midnight resets the daily limits."
     )
-    redis_url: str = Field(
-        "", description="Redis URL shared by several gateway instances (empty = embedded in-process store)."
+    redis_url: RedisURL = Field(
+        "",
+        description="Redis URL shared by several gateway instances (empty = embedded in-process store): "
+        "`redis://` or `rediss://` to one server or to any node of a Redis Cluster (detected), "
+        "`redis+sentinel://host:port[,host:port]/service_name[/db]` for Sentinel.",
     )
     redis_prefix: str = Field("apim", min_length=1, description="Key prefix of the gateway's keys in Redis.")
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Grant an admission only once this many Redis replicas have it (`WAIT`, at most "
+        "APIM_REDIS_WAIT_MS), so a failover cannot lose granted admissions (0 = off: a failover may "
+        "lose the last moments' admissions).",
+    )
+    redis_wait_ms: int = Field(
+        100,
+        ge=1,
+        description="Longest wait for APIM_REDIS_WAIT_REPLICAS replicas per admission; past it the "
+        "admission is granted anyway and a warning logged.",
+    )
     queue_timeout_s: float = Field(
         300, gt=0, description="Longest wait in the queue; then 504 `queue_timeout` (no budget used)."
     )

@@ -53,7 +53,12 @@ class Gateway:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.redis_url, settings.redis_prefix)
+        self.store = store or open_store(
+            settings.redis_url,
+            settings.redis_prefix,
+            replicas=settings.redis_wait_replicas,
+            replica_wait_ms=settings.redis_wait_ms,
+        )
         self.limiter = Limiter(settings.limits(), self.store)
         self.key = budget_key(settings.upstream_url)
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens)
@@ -84,13 +89,13 @@ class Gateway:
             self.limiter, self.key, settings.refund_unused, self.metrics, self.dispatcher
         )
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        redis = self.store.redis if isinstance(self.store, RedisStore) else None
         self.cluster = Cluster(
-            redis,
+            self.store if isinstance(self.store, RedisStore) else None,
             settings.redis_prefix,
             self.instance_id,
             self.figures,
             on_failure=self.dispatcher.note_store_failure,
+            budget_key=self.key,
         )
         self.metrics.bind(
             depth=lambda: self.queue.depth,
@@ -103,10 +108,15 @@ class Gateway:
         self._ready: tuple[float, dict[str, bool]] | None = None
 
     async def _store_restarted(self, within_s: float) -> bool:
-        """Whether the Redis server started less than ``within_s`` ago (restarted in an outage)."""
+        """Whether the Redis server holding the budget started less than ``within_s`` ago
+        (restarted in an outage)."""
         assert isinstance(self.store, RedisStore)
-        info = await self.store.redis.info("server")
-        return float(info.get("uptime_in_seconds", within_s + 2)) <= within_s + 1
+        if not await self.store.ready(self.key):
+            # Answering is not enough (a replica answers reads): hold until a write can succeed.
+            raise ConnectionError(
+                "the limiter store cannot admit yet (a replica, or no master for the budget)"
+            )
+        return (await self.store.server(self.key)).uptime_s <= within_s + 1
 
     def _on_admit(self, ticket: Ticket, decision: Decision) -> None:
         self.metrics.admitted(ticket.cost.tokens)
@@ -163,11 +173,12 @@ class Gateway:
         }
 
     async def readiness(self) -> dict[str, bool]:
-        """Store ping and upstream reachability, cached briefly so probes cost nothing."""
+        """Whether the store could admit for this budget now, and upstream reachability, cached
+        briefly so probes cost nothing."""
         now = time.monotonic()
         if self._ready is not None and now - self._ready[0] < READY_CACHE_S:
             return self._ready[1]
-        store_ok = await self.store.ping()
+        store_ok = await self.store.ready(self.key)
         try:
             headers = self.upstream.headers((), "readyz")
             upstream_ok = (await self.upstream.models(headers, limit_s=1.0)).status_code < 500

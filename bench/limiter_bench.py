@@ -166,9 +166,10 @@ async def pipelined(store: RedisStore, clock: StepClock, calls: int) -> tuple[li
     """``calls`` admissions in one pipeline: their replies and the seconds it took. The
     shared Redis may lose its script cache meanwhile (a test flushing it): then once more."""
     keys = store.keys("k")
+    client = await store.client()
     for _attempt in range(2):
-        sha = await store.redis.script_load(SCRIPT)
-        pipe = store.redis.pipeline(transaction=False)
+        sha = await client.script_load(SCRIPT)
+        pipe = client.pipeline(transaction=False)
         for _ in range(calls):
             now = clock()
             pipe.evalsha(sha, len(keys), *keys, wire(args(WIDE, "acquire", COST, now, now)))

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ratelimit.cost import CostRule
 from serving import settings as settings_doc
-from serving.settings import CommaList, LogLevel, SubWindowSeconds, TimeZoneName
+from serving.settings import CommaList, LogLevel, RedisURL, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "MOCK_"
 DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4", "gpt-3.5-turbo"]
@@ -48,8 +48,11 @@ class MockSettings(BaseSettings):
     refund_unused: bool = Field(
         False, description="Refund the unused part of the estimate after answering (bill actual usage)."
     )
-    redis_url: str = Field(
-        "", description="Redis URL shared by several mock processes (empty = embedded in-process store)."
+    redis_url: RedisURL = Field(
+        "",
+        description="Redis URL shared by several mock processes (empty = embedded in-process store): "
+        "`redis://` or `rediss://` to one server or to any node of a Redis Cluster (detected), "
+        "`redis+sentinel://host:port[,host:port]/service_name[/db]` for Sentinel.",
     )
     redis_prefix: str = Field("llm-mock", min_length=1, description="Key prefix of the limiter in Redis.")
     ttft_ms: float = Field(0, ge=0, description="Time to first token, in milliseconds.")

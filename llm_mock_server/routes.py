@@ -385,10 +385,13 @@ class MockService:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self) -> Response:
-        if await self.limiter.store.ping():
+        if await self.limiter.store.ready():
             return JSONResponse({"status": "ready", "store": self.limiter.store.kind})
         return APIError(
-            503, f"The {self.limiter.store.kind} limiter store is unreachable.", code="store_unavailable"
+            503,
+            f"The {self.limiter.store.kind} limiter store cannot admit requests now (unreachable, "
+            "a read-only replica, or its Cluster slot has no master).",
+            code="store_unavailable",
         ).response()
 
     async def admin_reset(self, request: Request) -> Response:

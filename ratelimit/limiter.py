@@ -15,10 +15,15 @@ log = logging.getLogger(__name__)
 STATUS_NAMES = {"requests/minute": "rpm", "tokens/minute": "tpm", "requests/day": "rpd", "tokens/day": "tpd"}
 
 
-def open_store(redis_url: str, prefix: str, clock: Clock | None = None) -> Store:
-    """A Redis store for a URL, the embedded store for an empty one."""
+def open_store(
+    redis_url: str, prefix: str, clock: Clock | None = None, replicas: int = 0, replica_wait_ms: int = 100
+) -> Store:
+    """A Redis store for a URL (``replicas``: see ``RedisStore.from_url``), the embedded store
+    for an empty one."""
     if redis_url:
-        return RedisStore.from_url(redis_url, prefix=prefix, clock=clock)
+        return RedisStore.from_url(
+            redis_url, prefix=prefix, clock=clock, replicas=replicas, replica_wait_ms=replica_wait_ms
+        )
     return EmbeddedStore(clock=clock)
 
 

@@ -1,48 +1,88 @@
 """The shared store: lua/limiter.lua on Redis, one EVALSHA per operation (pipelined with
-the other operations of the same event-loop turn)."""
+the other operations of the same event-loop turn: one pipeline per master on a Cluster)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from importlib.resources import files
 
-from redis.asyncio import Redis
-
-from ratelimit.limits import NOTHING, Cost, Decision, Policy
+from ratelimit.limits import NOTHING, Cost, Decision, Limits, Policy
+from ratelimit.redis_connection import Client, RedisConnection
 from ratelimit.script_calls import ScriptCalls
-from ratelimit.store import Clock, Store, args, decode, wire
+from ratelimit.store import READY_KEY, Clock, Store, args, decode, wire
 
 SCRIPT = (files("ratelimit") / "lua" / "limiter.lua").read_text()
+
+READY_TTL_MS = 60_000
+# Any policy will do for the readiness probe: a peek of nothing on keys of its own.
+_PROBE_POLICY = Limits(rpm=1, tpm=0, rpd=0, tpd=0).policy()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """Which Redis server holds a budget now, and since when it runs."""
+
+    run_id: str
+    uptime_s: float
 
 
 class RedisStore(Store):
     """Budgets shared by every process that names the same Redis and prefix.
 
     Time is Redis server time unless a ``clock`` is injected (tests); all keys of one
-    budget share a hash tag, so the store works on Redis Cluster.
+    budget share a hash tag, so one budget lives in one Cluster slot.
     """
 
     kind = "redis"
 
     def __init__(
-        self, redis: Redis, prefix: str = "ratelimit", clock: Clock | None = None, timeout_s: float = 5.0
+        self,
+        redis: Client | RedisConnection,
+        prefix: str = "ratelimit",
+        clock: Clock | None = None,
+        timeout_s: float = 5.0,
+        replicas: int = 0,
+        replica_wait_ms: int = 100,
     ) -> None:
-        self.redis = redis
+        self.connection = redis if isinstance(redis, RedisConnection) else RedisConnection(client=redis)
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._clock = clock
-        self._calls = ScriptCalls(redis, SCRIPT, timeout_s)
+        self._calls = ScriptCalls(self.connection, SCRIPT, timeout_s, replicas, replica_wait_ms)
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "ratelimit", clock: Clock | None = None, timeout_s: float = 5.0
+        cls,
+        url: str,
+        prefix: str = "ratelimit",
+        clock: Clock | None = None,
+        timeout_s: float = 5.0,
+        replicas: int = 0,
+        replica_wait_ms: int = 100,
     ) -> RedisStore:
-        # No socket timeout (redis-py's default is 5 s): with one, every send is wrapped in
-        # asyncio.wait_for, a task per command on Python 3.11. One asyncio.timeout per call
-        # bounds a hung server just as well for a fraction of the cost.
-        redis = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
-        return cls(redis, prefix, clock, timeout_s)
+        """A store on any URL form of ``ratelimit.redis_url``; connects on first use. With
+        ``replicas``, each operation returns once that many replicas have it (Redis WAIT, at most
+        ``replica_wait_ms``), so a failover cannot lose a granted admission."""
+        return cls(RedisConnection(url, timeout_s), prefix, clock, timeout_s, replicas, replica_wait_ms)
+
+    @property
+    def unreplicated(self) -> int:
+        """Operations that returned before ``replicas`` replicas acknowledged them."""
+        return self._calls.unreplicated
+
+    @property
+    def redis(self) -> Client:
+        """The client, once a first call has opened it (see ``client``)."""
+        if self.connection.current is None:
+            raise RuntimeError("the Redis store has not connected yet (await store.client() first)")
+        return self.connection.current
+
+    async def client(self) -> Client:
+        """The client, connecting (and detecting a Cluster) if this is the first use."""
+        async with asyncio.timeout(self.timeout_s):
+            return await self.connection.client()
 
     def keys(self, key: str) -> list[str]:
         tag = f"{{{self.prefix}:{key}}}"
@@ -61,18 +101,43 @@ class RedisStore(Store):
         return await self._run(key, policy, "refund", Cost(0, tokens), admitted_at_ms)
 
     async def reset(self, key: str) -> None:
-        await self.redis.delete(*self.keys(key))
+        client = await self.client()
+        await client.delete(*self.keys(key))
 
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(self.timeout_s):
-                return bool(await self.redis.ping())
+                client = await self.connection.client()
+                return bool(await client.ping())
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
 
+    async def ready(self, key: str = READY_KEY) -> bool:
+        """Whether an admission for ``key`` could succeed now: a write and a script call on
+        keys of the budget's own slot, so on the master that holds it (a replica answers
+        READONLY, a Cluster node that lost its slot's master CLUSTERDOWN)."""
+        tag = f"{{{self.prefix}:{key}}}"
+        probe = [f"{tag}:ready:log", f"{tag}:ready:state", f"{tag}:ready:refunds"]
+        line = wire(args(_PROBE_POLICY, "peek", NOTHING, None, time.time_ns() // 1_000_000))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                client = await self.connection.client()
+                await client.set(f"{tag}:ready", b"1", px=READY_TTL_MS)
+                await self._calls.call(probe, line)
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+        return True
+
+    async def server(self, key: str) -> ServerIdentity:
+        """The run id and uptime of the server holding ``key`` now: a new run id since the last
+        look means that server restarted or another one took over (a failover)."""
+        async with asyncio.timeout(self.timeout_s):
+            info = await self.connection.node_info(self.keys(key)[0], "server")
+        return ServerIdentity(str(info.get("run_id", "")), float(info.get("uptime_in_seconds", 0)))
+
     async def close(self) -> None:
         await self._calls.drain()
-        await self.redis.aclose()
+        await self.connection.aclose()
 
     async def _run(self, key: str, policy: Policy, op: str, cost: Cost, admitted_at_ms: int = 0) -> Decision:
         now = self._clock() if self._clock else None

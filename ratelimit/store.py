@@ -10,6 +10,9 @@ from ratelimit.limits import NOTHING, Cost, Decision, LimitState, Policy
 Clock = Callable[[], int]
 """Milliseconds since the epoch; injected by tests, otherwise the store's own time."""
 
+READY_KEY = "ready"
+"""The budget key a readiness probe looks at when it names none."""
+
 TRIM_MAX = 100
 """Expired entries removed per write: bounds the work of one call after a quiet spell."""
 
@@ -53,7 +56,11 @@ class Store(ABC):
 
     @abstractmethod
     async def ping(self) -> bool:
-        """Whether the store can serve requests now."""
+        """Whether the store answers at all (see ``ready`` for whether it can admit)."""
+
+    async def ready(self, key: str = READY_KEY) -> bool:
+        """Whether an admission for ``key`` could succeed now (what ``/readyz`` reports)."""
+        return await self.ping()
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode
 
+from ratelimit import redis_url
+
 
 def describe_error(exc: ValidationError, prefix: str) -> str:
     """One line naming each bad setting, for the console at start."""
@@ -66,9 +68,16 @@ def _level(value: str) -> str:
     return value.lower()
 
 
+def _redis_url(value: str) -> str:
+    value = value.strip()
+    return redis_url.check(value) if value else value
+
+
 # Setting types both services use, each with its check, so a bad value reads the same in both.
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split)]
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split)]
 TimeZoneName = Annotated[str, AfterValidator(_zone)]
 SubWindowSeconds = Annotated[int, AfterValidator(_divides_minute)]
 LogLevel = Annotated[str, AfterValidator(_level)]
+RedisURL = Annotated[str, AfterValidator(_redis_url)]
+"""Empty (the embedded store) or one of the forms of ``ratelimit.redis_url``."""

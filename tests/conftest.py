@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis (found or started) and real service processes."""
+"""Shared fixtures: a real Redis (found or started), private Redis Cluster and Sentinel
+topologies (started once per session, only when a test asks for them), real service processes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import redis
 
 from tests.processes import free_port
+from tests.topologies import Cluster, Sentinels
 
 _SKIP_REASON: list[str] = []
 
@@ -68,11 +70,57 @@ def redis_url() -> Iterator[str]:
                 shutil.rmtree(workdir, ignore_errors=True)
             return
         proc.kill()
-    reason = "no Redis: set REDIS_URL, run one on 127.0.0.1:6379, or install redis-server"
+    _unavailable("no Redis: set REDIS_URL, run one on 127.0.0.1:6379, or install redis-server")
+
+
+def _unavailable(reason: str) -> None:
+    """Skip loudly, or fail under REQUIRE_REDIS=1."""
     if os.environ.get("REQUIRE_REDIS") == "1":
         pytest.fail(f"REQUIRE_REDIS=1 but {reason}")
     _SKIP_REASON.append(reason)
     pytest.skip(reason)
+
+
+def _server_binary(what: str) -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unavailable(f"no redis-server binary to start {what} with")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server_binary() -> str:
+    """The redis-server binary, for tests that start a server of their own."""
+    return _server_binary("a private Redis")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Cluster]:
+    """A private Redis Cluster: 3 masters, 3 replicas, cluster-node-timeout 1 s."""
+    cluster = Cluster(_server_binary("a Redis Cluster"))
+    try:
+        try:
+            cluster.start()
+        except (RuntimeError, redis.RedisError, OSError) as exc:
+            _unavailable(f"could not start a Redis Cluster: {exc}")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels() -> Iterator[Sentinels]:
+    """A private Sentinel set: a master, a replica and three sentinels (down after 1 s)."""
+    sentinels = Sentinels(_server_binary("a Sentinel set"))
+    try:
+        try:
+            sentinels.start()
+        except (RuntimeError, redis.RedisError, OSError) as exc:
+            _unavailable(f"could not start a Sentinel set: {exc}")
+        yield sentinels
+    finally:
+        sentinels.close()
 
 
 @pytest.fixture
@@ -83,7 +131,8 @@ def redis_prefix() -> str:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _SKIP_REASON:
-        terminalreporter.write_line(f"!!! REDIS TESTS SKIPPED: {_SKIP_REASON[0]} !!!", red=True, bold=True)
+        for reason in dict.fromkeys(_SKIP_REASON):
+            terminalreporter.write_line(f"!!! REDIS TESTS SKIPPED: {reason} !!!", red=True, bold=True)
 
 
 def port_is_free(port: int) -> bool:

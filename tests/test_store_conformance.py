@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ratelimit import Cost, Decision, EmbeddedStore, Limits, Policy, RedisStore, Store
 from ratelimit.redis_store import SCRIPT
 from ratelimit.store import TRIM_MAX, args, decode, wire
+from tests.topologies import Cluster
 
 START = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC: mid-day in UTC, far from any midnight
 MINUTE = 60_000
@@ -53,29 +54,35 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Store]:
+    """Each store kind: in-process, one Redis, and a Redis Cluster reached through one of its
+    replicas (the client must find every budget's master by itself)."""
     if request.param == "embedded":
         yield EmbeddedStore(clock=clock)
         return
-    url: str = request.getfixturevalue("redis_url")
+    if request.param == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        url = cluster.replica_of(cluster.owner("x")).url
+    else:
+        url = request.getfixturevalue("redis_url")
     prefix: str = request.getfixturevalue("redis_prefix")
     redis_store = RedisStore.from_url(url, prefix=prefix, clock=clock)
+    client = await redis_store.client()
+    assert isinstance(client, RedisCluster) == (request.param == "cluster")
     try:
         yield redis_store
     finally:
         keys = [k async for k in redis_store.redis.scan_iter(match=f"{{{prefix}:*")]
-        if keys:
-            await redis_store.redis.delete(*keys)
+        for k in keys:
+            await redis_store.redis.delete(k)
         await redis_store.close()
 
 
 def twin(store: Store, clock: ManualClock) -> Store:
-    """A second handle on the same budgets: a separate connection pool for Redis."""
+    """A second handle on the same budgets: separate connections for Redis."""
     if isinstance(store, RedisStore):
-        pool = store.redis.connection_pool
-        fresh = ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
-        return RedisStore(Redis(connection_pool=fresh), prefix=store.prefix, clock=clock)
+        return RedisStore.from_url(store.connection.url, prefix=store.prefix, clock=clock)
     return store
 
 
