@@ -1,5 +1,6 @@
 """The Redis store on a real Redis Cluster and a real Sentinel set: routing, readiness, the
-server that holds a budget, the cluster view of several gateways, and failovers followed.
+server that holds a budget, the cluster view of several gateways, resharding and a master
+failover followed (a Sentinel failover: tests/test_apim_scale_out.py), WAIT, ACL users, TLS.
 
 The topologies are private to the test session (tests/topologies.py); tests that kill a
 master start it again and wait until the topology is whole before they end.
@@ -204,32 +205,6 @@ async def test_a_replica_url_is_not_ready_and_admits_nothing(redis_sentinels: Se
             await store.acquire("k", POLICY, Cost(1, 0))
     finally:
         await store.close()
-
-
-async def test_sentinel_failover_is_followed(redis_sentinels: Sentinels) -> None:
-    store = RedisStore.from_url(redis_sentinels.url(), prefix=prefix())
-    key = "failover"
-    try:
-        for _ in range(3):
-            assert (await store.acquire(key, POLICY, Cost(1, 0))).allowed
-        old = redis_sentinels.current_master()
-        old.client().wait(1, 2000)
-        old.kill()
-        await admit_until_it_works(store, key)
-        assert redis_sentinels.current_master() is not old
-        assert (await store.peek(key, POLICY)).state("requests/minute").used == 4
-        assert await store.ready(key)
-        # The old master comes back as a replica: the store keeps using the new one.
-        old.start()
-        wait_until(redis_sentinels.healthy, "the old master to rejoin as a replica", timeout=60)
-        assert (await store.acquire(key, POLICY, Cost(1, 0))).allowed
-        assert await store.ready(key)
-    finally:
-        await store.close()
-        for node in (redis_sentinels.master, redis_sentinels.replica):
-            if node.process is None:
-                node.start()
-        wait_until(redis_sentinels.healthy, "the Sentinel set to be whole again", timeout=60)
 
 
 # --- one server, a user confined to the service's keys ---------------------------------------------

@@ -248,6 +248,12 @@ class Sentinels:
         _host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
         return self.master if int(port) == self.master.port else self.replica
 
+    def restart(self, node: Node) -> None:
+        """Start a killed node again as a replica of the current master (what Sentinel would
+        tell it, after up to 10 s), and wait until the set is whole."""
+        node.start("--replicaof", "127.0.0.1", str(self.current_master().port))
+        wait_until(self.healthy, "the Sentinel set to be whole again", timeout=60)
+
     def other(self, node: Node) -> Node:
         return self.replica if node is self.master else self.master
 
