@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from apim_server.accounting import Accounting
 from apim_server.auth import CallerKeys
@@ -23,6 +23,7 @@ from ratelimit.embedded import EmbeddedStore
 from ratelimit.limiter import Limiter, open_store
 from ratelimit.limits import Decision
 from ratelimit.redis_store import RedisStore
+from ratelimit.redis_url import redacted
 from ratelimit.store import Store
 from ratelimit.tokens import encoding
 
@@ -36,16 +37,6 @@ def budget_key(upstream_url: str) -> str:
     """One budget per upstream: every instance naming the same upstream on one Redis shares it."""
     parts = urlsplit(upstream_url)
     return f"upstream:{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
-
-
-def redacted(url: str) -> str:
-    """A URL without its password, for the log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class Gateway:

@@ -71,7 +71,10 @@ class RedisConnection:
         await plain.aclose()
         # The URL's node is only where discovery starts: the client learns every node and
         # keeps following the cluster's topology (new masters after a failover included).
-        client = RedisCluster.from_url(self.url, **self._common())
+        # reinitialize_steps=0: a MOVED only patches that slot. By default every fifth MOVED
+        # rebuilds the topology and closes every connection, under calls still in flight on
+        # them, which the client then sends again: a script call counted twice.
+        client = RedisCluster.from_url(self.url, reinitialize_steps=0, **self._common())
         await client.initialize()
         self.cluster = True
         self.topology = "cluster"

@@ -84,3 +84,23 @@ def test_a_bad_redis_url_stops_either_service_with_one_line(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"{prog}: invalid setting {variable}:")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        (
+            "rediss://app:s3cret@host/0?ssl_ca_certs=/etc/ca.pem",
+            "rediss://app:***@host/0?ssl_ca_certs=/etc/ca.pem",
+        ),
+        (
+            "redis+sentinel://app:pw@s1:26379,s2:26379/main?sentinel_password=spw",
+            "redis+sentinel://app:***@s1:26379,s2:26379/main?sentinel_password=***",
+        ),
+        ("redis://user@host/0", "redis://user@host/0"),
+    ],
+)
+def test_logged_urls_hide_every_password(url: str, shown: str) -> None:
+    assert redis_url.redacted(url) == shown

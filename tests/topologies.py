@@ -168,16 +168,28 @@ class Cluster:
             if n.info("replication")["role"] == "slave"
         )
 
+    def masters(self) -> list[Node]:
+        return [n for n in self.running() if n.info("replication")["role"] == "master"]
+
     def owner(self, key: str) -> Node:
         """The master node that holds ``key``'s slot now."""
-        for node in self.running():
-            client = node.client()
-            if node.info("replication")["role"] != "master":
-                continue
-            slot = int(client.cluster("keyslot", key))
-            port = _master_port(client.execute_command("CLUSTER SLOTS", NEVER_DECODE=True), slot)
-            return next(n for n in self.running() if n.port == port)
-        raise RuntimeError("no master is running")
+        return self.owner_of_slot(int(self.running()[0].client().cluster("keyslot", key)))
+
+    def owner_of_slot(self, slot: int) -> Node:
+        """The master that every running master says holds ``slot`` (RuntimeError if they
+        disagree: a change still spreading)."""
+        ports = self.slot_owners(slot)
+        if len(ports) != 1:
+            raise RuntimeError(f"the masters disagree on the owner of slot {slot}: {sorted(ports)}")
+        port = ports.pop()
+        return next(n for n in self.running() if n.port == port)
+
+    def slot_owners(self, slot: int) -> set[int]:
+        """The ports of the master each running master says holds ``slot``."""
+        return {
+            _master_port(m.client().execute_command("CLUSTER SLOTS", NEVER_DECODE=True), slot)
+            for m in self.masters()
+        }
 
     def replica_of(self, master: Node) -> Node:
         for node in self.running():
@@ -235,6 +247,12 @@ class Sentinels:
     def current_master(self) -> Node:
         _host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
         return self.master if int(port) == self.master.port else self.replica
+
+    def restart(self, node: Node) -> None:
+        """Start a killed node again as a replica of the current master (what Sentinel would
+        tell it, after up to 10 s), and wait until the set is whole."""
+        node.start("--replicaof", "127.0.0.1", str(self.current_master().port))
+        wait_until(self.healthy, "the Sentinel set to be whole again", timeout=60)
 
     def other(self, node: Node) -> Node:
         return self.replica if node is self.master else self.master
