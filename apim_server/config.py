@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         description="Comma-separated keys callers must present (`Authorization: Bearer KEY` or "
         "`api-key`) to use the gateway (empty = open to anyone who can reach it; a warning at start).",
     )
+    operator_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key that `/status` and `/metrics` require as `Authorization: Bearer KEY` (empty = "
+        "open; `/healthz` and `/readyz` are always open).",
+    )
     rpm_limit: int = Field(60, ge=0, description="The upstream's requests per minute (0 = no limit).")
     tpm_limit: int = Field(60_000, ge=0, description="The upstream's tokens per minute (0 = no limit).")
     rpd_limit: int = Field(10_000, ge=0, description="The upstream's requests per day (0 = no limit).")

@@ -241,15 +241,17 @@ class Exchange:
             gw.dispatcher.pause(wait_s)
             return None
         if status >= 500:
-            return await self._retry_or(Response(content, status, headers=passed_back(upstream.headers)))
+            return await self._retry_or(
+                Response(gw.redactor.body(content), status, headers=self._passed_back(upstream))
+            )
         actual = None
         if status < 300:
             actual = await gw.accounting.settle(self.ticket.cost.tokens, decision, usage_of(content))
         await gw.accounting.check_drift(upstream.headers, decision)
-        headers = passed_back(upstream.headers)
+        headers = self._passed_back(upstream)
         headers.update(self._own_headers())
         self._record(status, actual)
-        return Response(content, status, headers=headers)
+        return Response(gw.redactor.body(content), status, headers=headers)
 
     async def _retry_or(self, failure: Response) -> Response | None:
         """After a connect error or 5xx: None (back off, then queue again) while retries last."""
@@ -315,15 +317,16 @@ class Exchange:
         """Pass the stream through chunk by chunk; settle usage and release the slot at its end."""
         gw = self.gw
         tap = UsageTap(strip=not self.include_usage)
+        scrub = gw.redactor.stream()
 
         async def chunks() -> AsyncIterator[bytes]:
             outcome = CLIENT_CLOSED  # unless the stream ends or the upstream breaks
             try:
                 async for chunk in upstream.aiter_bytes():
-                    out = tap.feed(chunk)
+                    out = scrub.feed(tap.feed(chunk))
                     if out:
                         yield out
-                rest = tap.flush()
+                rest = scrub.feed(tap.flush()) + scrub.flush()
                 if rest:
                     yield rest
                 outcome = 200
@@ -347,7 +350,7 @@ class Exchange:
                     task.add_done_callback(_cleanup.discard)
                     self._record(outcome, None)
 
-        headers = passed_back(upstream.headers)
+        headers = self._passed_back(upstream)
         headers.update(self._own_headers())
         return StreamingResponse(chunks(), status_code=200, headers=headers)
 
@@ -357,6 +360,9 @@ class Exchange:
         elapsed = time.monotonic() - started
         self.upstream_s += elapsed
         self.gw.metrics.upstream(status, elapsed)
+
+    def _passed_back(self, upstream: httpx.Response) -> dict[str, str]:
+        return self.gw.redactor.headers(passed_back(upstream.headers))
 
     def _own_headers(self) -> dict[str, str]:
         return {"x-request-id": self.request_id, "x-apim-queue-ms": str(round(self.queue_s * 1000))}

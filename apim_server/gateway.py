@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from apim_server.accounting import Accounting
 from apim_server.auth import CallerKeys
@@ -17,6 +17,7 @@ from apim_server.config import Settings
 from apim_server.dispatcher import Dispatcher
 from apim_server.metrics import Metrics
 from apim_server.queue import Ticket, TicketQueue
+from apim_server.redaction import Redactor
 from apim_server.upstream import Upstream
 from ratelimit.cost import CostEstimator
 from ratelimit.embedded import EmbeddedStore
@@ -25,6 +26,8 @@ from ratelimit.limits import Decision
 from ratelimit.redis_store import RedisStore
 from ratelimit.store import Store
 from ratelimit.tokens import encoding
+from serving.operator import OperatorKey
+from serving.urls import redacted
 
 log = logging.getLogger("apim")
 
@@ -36,16 +39,6 @@ def budget_key(upstream_url: str) -> str:
     """One budget per upstream: every instance naming the same upstream on one Redis shares it."""
     parts = urlsplit(upstream_url)
     return f"upstream:{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
-
-
-def redacted(url: str) -> str:
-    """A URL without its password, for the log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class Gateway:
@@ -79,6 +72,9 @@ class Gateway:
             settings.upstream_timeout_s,
             forward_caller_auth=not settings.api_keys,
         )
+        # Whatever the upstream echoes of our key never reaches a caller.
+        self.redactor = Redactor([settings.upstream_api_key.get_secret_value()])
+        self.operator = OperatorKey(settings.operator_key.get_secret_value())
         self.caller_keys = CallerKeys(k.get_secret_value() for k in settings.api_keys)
         self.accounting = Accounting(
             self.limiter, self.key, settings.refund_unused, self.metrics, self.dispatcher

@@ -8,7 +8,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from time import perf_counter
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import FastAPI, Request
 from starlette.types import Message, Receive, Scope, Send
@@ -24,6 +23,7 @@ from ratelimit.limiter import Limiter, open_store
 from ratelimit.limits import Limits
 from ratelimit.store import Clock
 from ratelimit.tokens import encoding, encoding_name_for_model
+from serving.urls import redacted
 
 log = logging.getLogger("llm_mock_server")
 
@@ -75,15 +75,6 @@ class MockApp:
         await self.service.limiter.store.close()
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def create_app(settings: MockSettings | None = None, clock: Clock | None = None) -> MockApp:
     """Build the mock; ``clock`` (ms since the epoch) replaces the store's time in tests."""
     settings = settings or MockSettings()
@@ -99,7 +90,7 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
     if settings.redis_url:
         log.info(
             "limiter store: redis at %s (prefix %s), shared by every mock using it",
-            _redacted(settings.redis_url),
+            redacted(settings.redis_url),
             settings.redis_prefix,
         )
     else:
@@ -110,7 +101,7 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
         encoding(name)
         vocabulary(name)
 
-    service = MockService(settings, Limiter(limits, store))
+    service = MockService(settings, Limiter(limits, store, hash_keys=True))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

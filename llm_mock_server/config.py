@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ratelimit.cost import CostRule
@@ -62,6 +62,11 @@ class MockSettings(BaseSettings):
         default_factory=list,
         description="Comma-separated accepted API keys, each with its own limits "
         "(empty = no auth, one shared budget).",
+    )
+    operator_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key that `/status` and `/metrics` require as `Authorization: Bearer KEY` (empty = "
+        "open; `/healthz` and `/readyz` are always open).",
     )
     admin: bool = Field(
         False, description="Enable test control: the `x-mock-fault` header and `POST /admin/reset`."

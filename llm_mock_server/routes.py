@@ -44,6 +44,7 @@ from openai_wire.sse import DONE, event
 from ratelimit.cost import CostEstimator
 from ratelimit.limiter import Limiter, status_limits
 from ratelimit.limits import Cost, Decision, LimitState
+from serving.operator import OperatorKey
 
 log = logging.getLogger("llm_mock_server")
 request_log = logging.getLogger(REQUEST_LOGGER)
@@ -105,6 +106,7 @@ class MockService:
         self.settings = settings
         self.limiter = limiter
         self.auth = KeyCheck(settings.api_keys)
+        self.operator = OperatorKey(settings.operator_key.get_secret_value())
         self.models = frozenset(settings.models)
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
         self.faults = FaultPicker(settings)
@@ -345,6 +347,7 @@ class MockService:
         return Response(_dumps(self._card(model)), media_type="application/json")
 
     async def status(self, request: Request) -> Response:
+        self.operator.check(request.headers)
         key = request.query_params.get("api_key") or self.auth.default_key
         try:
             decision = await self.limiter.peek(key)
@@ -371,7 +374,8 @@ class MockService:
         }
         return Response(_dumps(payload), media_type="application/json")
 
-    async def prometheus(self) -> Response:
+    async def prometheus(self, request: Request) -> Response:
+        self.operator.check(request.headers)
         for key in self.auth.known_keys():
             try:
                 decision = await self.limiter.peek(key)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable
 
 from ratelimit.embedded import EmbeddedStore
 from ratelimit.limits import NOTHING, Cost, Decision, Limits, LimitState
@@ -22,31 +24,42 @@ def open_store(redis_url: str, prefix: str, clock: Clock | None = None) -> Store
     return EmbeddedStore(clock=clock)
 
 
-class Limiter:
-    """The four limits of one service, evaluated in one store, per budget key."""
+def hashed(key: str) -> str:
+    """A budget key that is a secret (an API key), as the store may name it: its SHA-256."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
-    def __init__(self, limits: Limits, store: Store) -> None:
+
+class Limiter:
+    """The four limits of one service, evaluated in one store, per budget key.
+
+    With ``hash_keys`` the store only ever sees each key's hash: budgets named by callers' API
+    keys must not put those keys in clear into Redis key names (anyone who can list keys would
+    read them).
+    """
+
+    def __init__(self, limits: Limits, store: Store, hash_keys: bool = False) -> None:
         self.limits = limits
         self.policy = limits.policy()
         self.store = store
+        self._name: Callable[[str], str] = hashed if hash_keys else str
 
     def too_large(self, cost: Cost) -> LimitState | None:
         return self.policy.too_large(cost)
 
     async def acquire(self, key: str, cost: Cost) -> Decision:
-        return await self.store.acquire(key, self.policy, cost)
+        return await self.store.acquire(self._name(key), self.policy, cost)
 
     async def charge(self, key: str, tokens: int) -> Decision:
-        return await self.store.charge(key, self.policy, Cost(0, tokens))
+        return await self.store.charge(self._name(key), self.policy, Cost(0, tokens))
 
     async def refund(self, key: str, tokens: int, admitted_at_ms: int) -> Decision:
-        return await self.store.refund(key, self.policy, tokens, admitted_at_ms)
+        return await self.store.refund(self._name(key), self.policy, tokens, admitted_at_ms)
 
     async def peek(self, key: str, cost: Cost = NOTHING) -> Decision:
-        return await self.store.peek(key, self.policy, cost)
+        return await self.store.peek(self._name(key), self.policy, cost)
 
     async def reset(self, key: str) -> None:
-        await self.store.reset(key)
+        await self.store.reset(self._name(key))
 
 
 def status_limits(decision: Decision) -> dict[str, dict[str, float | int]]:
