@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
+from serving.connections import ConnectionSettings
 from serving.settings import LogLevel, SecretList, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "APIM_"
 
 
-class Settings(BaseSettings):
+class Settings(ConnectionSettings):
     """Everything the gateway can be told, besides ``--host``, ``--port`` and ``--workers``."""
 
     model_config = SettingsConfigDict(

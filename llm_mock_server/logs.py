@@ -28,7 +28,7 @@ def logging_config(level: str) -> dict[str, Any]:
         "formatter": "plain",
         "stream": "ext://sys.stderr",
     }
-    for name in ("llm_mock_server", "ratelimit", "openai_wire"):
+    for name in ("llm_mock_server", "ratelimit", "openai_wire", "serving"):
         config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     config["loggers"][REQUEST_LOGGER] = {"handlers": ["requests"], "level": level.upper(), "propagate": False}
     return config

@@ -26,7 +26,10 @@ def describe_error(exc: ValidationError, prefix: str) -> str:
 def settings_table(cls: type[BaseSettings], prefix: str) -> list[tuple[str, str, str]]:
     """(environment variable, default, description) of every setting, for the README."""
     rows = []
-    for name, field in cls.model_fields.items():
+    # A class's own settings first, then those it inherits (the connection bounds).
+    own = cls.__annotations__
+    fields = sorted(cls.model_fields.items(), key=lambda item: item[0] not in own)
+    for name, field in fields:
         default = field.get_default(call_default_factory=True)
         if isinstance(default, SecretStr):
             default = default.get_secret_value()

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -54,13 +55,18 @@ def running(
     port: int | None = None,
     ready_path: str = "/healthz",
     timeout: float = 30,
+    output: Path | None = None,
 ) -> Iterator[Service]:
-    """Start ``python -m module --host 127.0.0.1 --port P`` and wait until it answers."""
+    """Start ``python -m module --host 127.0.0.1 --port P`` and wait until it answers; its
+    stdout and stderr go to ``output`` when given."""
     port = port or free_port()
     full_env = {**os.environ, **(env or {})}
+    sink = output.open("wb") if output is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
         env=full_env,
+        stdout=sink,
+        stderr=subprocess.STDOUT if sink is not None else None,
     )
     service = Service(f"http://127.0.0.1:{port}", port, proc)
     deadline = time.monotonic() + timeout
@@ -79,3 +85,5 @@ def running(
         yield service
     finally:
         service.stop()
+        if sink is not None:
+            sink.close()
