@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from ratelimit.embedded import EmbeddedStore
-from ratelimit.limits import NOTHING, Cost, Decision, Limits, LimitState
+from ratelimit.limits import MAX_COST, NOTHING, Cost, Decision, Limits, LimitState
 from ratelimit.redis_store import RedisStore
 from ratelimit.store import Clock, Store
 
@@ -22,6 +22,22 @@ def open_store(redis_url: str, prefix: str, clock: Clock | None = None) -> Store
     if redis_url:
         return RedisStore.from_url(redis_url, prefix=prefix, clock=clock)
     return EmbeddedStore(clock=clock)
+
+
+def checked(cost: Cost) -> Cost:
+    """``cost`` if the stores can count it; ValueError for a negative one or one past MAX_COST
+    (request validation keeps every real request far below it)."""
+    if not (0 <= cost.requests <= MAX_COST and 0 <= cost.tokens <= MAX_COST):
+        raise ValueError(f"a cost must be between 0 and {MAX_COST} (got {cost})")
+    return cost
+
+
+def clamped(tokens: int) -> int:
+    """Tokens someone else reported (an upstream's usage), brought into ``[0, MAX_COST]``."""
+    if 0 <= tokens <= MAX_COST:
+        return tokens
+    log.warning("token count %d out of range: counted as %d", tokens, min(max(tokens, 0), MAX_COST))
+    return min(max(tokens, 0), MAX_COST)
 
 
 def hashed(key: str) -> str:
@@ -47,16 +63,17 @@ class Limiter:
         return self.policy.too_large(cost)
 
     async def acquire(self, key: str, cost: Cost) -> Decision:
-        return await self.store.acquire(self._name(key), self.policy, cost)
+        return await self.store.acquire(self._name(key), self.policy, checked(cost))
 
     async def charge(self, key: str, tokens: int) -> Decision:
-        return await self.store.charge(self._name(key), self.policy, Cost(0, tokens))
+        """Consume ``tokens`` (usage above the estimate), clamped to ``[0, MAX_COST]``."""
+        return await self.store.charge(self._name(key), self.policy, Cost(0, clamped(tokens)))
 
     async def refund(self, key: str, tokens: int, admitted_at_ms: int) -> Decision:
-        return await self.store.refund(self._name(key), self.policy, tokens, admitted_at_ms)
+        return await self.store.refund(self._name(key), self.policy, clamped(tokens), admitted_at_ms)
 
     async def peek(self, key: str, cost: Cost = NOTHING) -> Decision:
-        return await self.store.peek(self._name(key), self.policy, cost)
+        return await self.store.peek(self._name(key), self.policy, checked(cost))
 
     async def reset(self, key: str) -> None:
         await self.store.reset(self._name(key))
