@@ -20,7 +20,7 @@ from apim_server.exchange import Exchange, record_refusal, shutdown_error
 from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
 from openai_wire.content_type import check_content_type
-from openai_wire.errors import APIError, _validation_message
+from openai_wire.errors import APIError, _validation_message, clip
 from openai_wire.schemas import ChatCompletionRequest
 
 LIMIT_WORDS = {
@@ -60,7 +60,7 @@ def too_large_error(model: str, name: str, limit: int, requested: int) -> APIErr
     words = LIMIT_WORDS.get(name, name)
     return APIError(
         429,
-        f"Request too large for {model} on {words}: Limit {limit}, Requested {requested}. "
+        f"Request too large for {clip(model)} on {words}: Limit {limit}, Requested {requested}. "
         "The input or output tokens must be reduced in order to run successfully. "
         "Visit https://platform.openai.com/account/rate-limits to learn more.",
         type="tokens" if name.startswith("tokens") else "requests",

@@ -30,6 +30,15 @@ _TYPES = {
 }
 
 
+ECHO_CAP = 256
+"""Characters of a caller's value an error message repeats (a 1 MB model name is not echoed)."""
+
+
+def clip(value: str, cap: int = ECHO_CAP) -> str:
+    """``value`` as an error message may repeat it: at most ``cap`` characters."""
+    return value if len(value) <= cap else f"{value[:cap]}...({len(value)} chars)"
+
+
 class APIError(Exception):
     """An error answer: raise it anywhere in a route and the handler renders it."""
 
