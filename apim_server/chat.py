@@ -13,10 +13,10 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from apim_server.exchange import Exchange, record_refusal, shutdown_error
+from apim_server.exchange import CLIENT_CLOSED, Exchange, record_refusal, shutdown_error
 from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
 from openai_wire.content_type import check_content_type
@@ -80,7 +80,12 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         # Before the body is read: a stranger costs us no more than the headers.
         gw.caller_keys.check(request.headers)
         check_content_type(request)
-        raw = await read_body(request, gw.settings.max_body_bytes)
+        try:
+            raw = await read_body(request, gw.settings.max_body_bytes)
+        except ClientDisconnect:
+            # The caller hung up mid-body: nothing to answer, recorded as nginx's 499.
+            record_refusal(gw, request_id, model, CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
         data = _parse(raw)
         model = str(data.get("model", ""))
         try:

@@ -178,6 +178,8 @@ class Exchange:
                 "the upstream's rate limits (APIM_QUEUE_TIMEOUT_S); it was not sent.",
                 type="timeout",
                 code="queue_timeout",
+                # When it could fit: the budget's wait or the upstream's pause (after its 429s).
+                headers=retry_after_headers(max(1000, self.gw.dispatcher.expected_wait_ms())),
             )
         )
 
@@ -185,7 +187,8 @@ class Exchange:
         """One forward of an admitted request: the final answer, or None to queue it again."""
         gw = self.gw
         started = time.monotonic()
-        gw.metrics.dispatched(max(0.0, time.time() - decision.now_ms / 1000))
+        # On one clock (ours): from asking the store, which admits no earlier, to leaving.
+        gw.metrics.dispatched(max(0.0, started - decision.asked_at))
         try:
             upstream = await gw.upstream.chat(self.body, self.up_headers)
         except httpx.TransportError as exc:

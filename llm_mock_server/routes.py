@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llm_mock_server.auth import KeyCheck, key_label
@@ -152,6 +153,10 @@ class MockService:
             log.exception("limiter store unavailable")
             out.status = 503
             return server_error(503).response()
+        except ClientDisconnect:
+            # The caller hung up mid-body: recorded (nginx's 499), no traceback, nothing sent.
+            out.status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
         except Exception:
             log.exception("unhandled error")
             return APIError(500, "The server had an error while processing your request.").response()

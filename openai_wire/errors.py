@@ -88,7 +88,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         )
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
-    return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"Invalid value for '{param}': {message}.", param
 
 
 def install(app: FastAPI) -> None:

@@ -81,7 +81,7 @@ class EmbeddedStore(Store):
         if now >= self._next_sweep:
             self._sweep(now)
         argv = args(policy, op, cost, now, now, admitted_at_ms)
-        return decode(policy, self._step(key, argv))
+        return decode(policy, self._step(key, argv), time.monotonic())
 
     def _sweep(self, now: int) -> None:
         """Drop budgets past their expiry, as Redis expires their keys."""

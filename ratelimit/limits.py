@@ -161,6 +161,9 @@ class Decision:
     wait_ms: int
     now_ms: int
     states: tuple[LimitState, ...]
+    # When the store was asked, on this process's monotonic clock (now_ms is the store's own
+    # clock, Redis time): what a lag measured here must start from, never now_ms.
+    asked_at: float = field(default=0.0, compare=False)
 
     def state(self, name: str) -> LimitState:
         for s in self.states:

@@ -58,6 +58,18 @@ CASES: dict[str, tuple[int, dict[str, Any]]] = {
     "messages empty": (400, with_body(messages=[])),
     "message not an object": (400, with_body(messages=["hi"])),
     "unknown role": (400, with_body(messages=[{"role": "root", "content": "hi"}])),
+    "user content null": (400, with_body(messages=[{"role": "user", "content": None}])),
+    "user content missing": (400, with_body(messages=[{"role": "user"}])),
+    "system content null": (
+        400,
+        with_body(messages=[{"role": "system", "content": None}, GOOD["messages"][0]]),
+    ),
+    "content a number": (400, with_body(messages=[{"role": "user", "content": 5}])),
+    "model a number": (400, with_body(model=4)),
+    "model empty": (400, with_body(model="")),
+    "n zero": (400, with_body(n=0)),
+    "n a fraction": (400, with_body(n=1.5)),
+    "max_tokens a fraction": (400, with_body(max_tokens=300.5)),
     "temperature NaN": (
         400,
         {"content": json.dumps(GOOD)[:-1].encode() + b',"temperature":NaN}', "headers": JSON},

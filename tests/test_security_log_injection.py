@@ -4,6 +4,8 @@ both services, real processes, their real logs."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from serving.request_log import LOG_VALUE_CAP, logged
 from tests.processes import Service, running
-from tests.test_apim_e2e import gateway_env, mock, mock_env
+from tests.test_apim_e2e import gateway_env, mock, mock_env, wait_for
 
 FORGED = "2026-12-01 00:00:00,000 INFO apim.request request id=forged model=x status=200"
 HUGE = 900_000
@@ -72,3 +74,26 @@ def test_log_values_are_escaped_and_capped() -> None:
     assert logged("\u202eevil") == '"\\u202eevil"'
     long = logged("m" * 10_000)
     assert len(long) < LOG_VALUE_CAP + 40 and "10000 chars" in long
+
+
+@pytest.mark.parametrize("target", ["mock", "gateway"])
+def test_a_caller_hanging_up_mid_body_is_a_499_not_a_traceback(
+    target: str, upstream: Service, tmp_path: Path
+) -> None:
+    log = tmp_path / "service.log"
+    if target == "mock":
+        module, env = "llm_mock_server", mock_env(LOG_REQUESTS="true")
+    else:
+        module, env = "apim_server", gateway_env(upstream.v1, LOG_REQUESTS="true")
+    with running(module, env=env, output=log) as service:
+        with socket.create_connection(("127.0.0.1", service.port)) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 1000\r\n\r\n" + b'{"model": "gpt-4o-mini", '
+            )
+            time.sleep(0.3)  # the service is reading the body when the caller leaves
+        # Still serving, and it has recorded the hang-up by now.
+        assert httpx.get(f"{service.url}/healthz", timeout=5).status_code == 200
+        wait_for(lambda: "status=499" in log.read_text(), what="the hang-up recorded as 499")
+    text = log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text, text
