@@ -17,12 +17,14 @@ MIN_SECRET = 8
 class Redactor:
     """Replaces each secret by ``[redacted]`` in bytes and header values."""
 
-    __slots__ = ("secrets",)
+    __slots__ = ("_texts", "secrets")
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        found = {s.encode() for s in secrets if len(s) >= MIN_SECRET}
+        found = {s for s in secrets if len(s) >= MIN_SECRET}
         # Longest first, so a secret that contains another is masked whole.
-        self.secrets = sorted(found, key=len, reverse=True)
+        ordered = sorted(found, key=len, reverse=True)
+        self.secrets = [s.encode() for s in ordered]
+        self._texts = ordered
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
@@ -33,10 +35,16 @@ class Redactor:
                 data = data.replace(secret, MASK)
         return data
 
+    def text(self, value: str) -> str:
+        for secret in self._texts:
+            if secret in value:
+                value = value.replace(secret, MASK.decode())
+        return value
+
     def headers(self, headers: dict[str, str]) -> dict[str, str]:
         if not self.secrets:
             return headers
-        return {name: self.body(value.encode("latin-1")).decode("latin-1") for name, value in headers.items()}
+        return {name: self.text(value) for name, value in headers.items()}
 
     def stream(self) -> StreamRedactor:
         return StreamRedactor(self)

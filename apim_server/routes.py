@@ -41,9 +41,7 @@ async def models(request: Request) -> Response:
         gw.redactor.body(upstream.content),
         upstream.status_code,
         headers={
-            "content-type": gw.redactor.body(
-                upstream.headers.get("content-type", "application/json").encode("latin-1")
-            ).decode("latin-1"),
+            "content-type": gw.redactor.text(upstream.headers.get("content-type", "application/json")),
             "x-request-id": request_id,
         },
     )

@@ -55,10 +55,25 @@ def start(request: pytest.FixtureRequest, upstream: Service) -> Starter:
     return starter
 
 
+LOW_FILE_LIMIT = 256
+
+
 @pytest.fixture(scope="module")
 def bounded(start: Starter) -> Iterator[Service]:
-    with start(**BOUNDS) as service:
-        yield service
+    """The service with short bounds, started with a low soft file limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = hard == resource.RLIM_INFINITY or hard > LOW_FILE_LIMIT
+    if lowered:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_FILE_LIMIT, hard))
+    try:
+        with start(**BOUNDS) as service:
+            if lowered:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                lowered = False
+            yield service
+    finally:
+        if lowered:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def read_reply(sock: socket.socket) -> bytes:
@@ -182,20 +197,14 @@ def test_connections_past_the_limit_get_503_logged_once(start: Starter, tmp_path
     assert "3 refused" in text
 
 
-def test_the_file_limit_is_raised_to_the_hard_limit(start: Starter) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard <= 256:
+def test_the_file_limit_is_raised_to_the_hard_limit(bounded: Service) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= LOW_FILE_LIMIT:
         pytest.skip("the hard file limit leaves nothing to raise")
-    # Children inherit it: start the service with a low soft limit.
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-    try:
-        with start() as service:
-            limits = Path(f"/proc/{service.process.pid}/limits").read_text()
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{bounded.process.pid}/limits").read_text()
     match = re.search(r"Max open files\s+(\S+)\s+(\S+)", limits)
     assert match is not None
-    assert int(match[1]) > 256
+    assert int(match[1]) > LOW_FILE_LIMIT
     assert match[1] == match[2] or int(match[1]) == 1 << 20
 
 
