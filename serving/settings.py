@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode
 
+from serving.urls import redacted
+
 
 def describe_error(exc: ValidationError, prefix: str) -> str:
     """One line naming each bad setting, for the console at start."""
@@ -17,6 +19,8 @@ def describe_error(exc: ValidationError, prefix: str) -> str:
         loc = [str(p) for p in error.get("loc", ())]
         name = f"{prefix}{loc[0].upper()}" if loc else "settings"
         value = error.get("input")
+        if isinstance(value, str) and "://" in value:
+            value = redacted(value)  # a URL's password must not reach the console either
         shown = f" (got {value!r})" if loc and not isinstance(value, dict) else ""
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{name}: {message}{shown}" if loc else message)

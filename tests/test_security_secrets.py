@@ -11,7 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+from pydantic import ValidationError
 
+from apim_server.config import Settings, describe_error
 from apim_server.redaction import MASK, Redactor
 from monitor.client import StatusClient
 from serving.urls import redacted
@@ -158,3 +160,13 @@ def test_the_mock_keeps_api_keys_out_of_redis_key_names(redis_url: str, redis_pr
 def test_header_values_beyond_latin_1_are_scrubbed_too() -> None:
     secret = "sk-0123456789"
     assert Redactor([secret]).headers({"x": f"é€ {secret}"}) == {"x": "é€ [redacted]"}
+
+
+def test_a_bad_url_setting_is_named_without_its_password() -> None:
+    try:
+        Settings(_env_file=None, upstream_url="ftp://user:hunter2@host/v1")
+    except ValidationError as exc:
+        line = describe_error(exc)
+    else:
+        raise AssertionError("an ftp:// upstream was accepted")
+    assert "APIM_UPSTREAM_URL" in line and "hunter2" not in line
