@@ -152,7 +152,44 @@ class _Burst:
             self.since, self.refused = None, 0
 
 
-_bursts: weakref.WeakKeyDictionary[ServerState, _Burst] = weakref.WeakKeyDictionary()
+SWEEP_S = 0.25
+"""How often deadlines are checked: one timer per server instead of two per request."""
+
+
+class _Sweeper:
+    """Runs each connection's due deadline callback, every ``SWEEP_S`` while any connection is open."""
+
+    __slots__ = ("_handle", "_state")
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._handle: asyncio.TimerHandle | None = None
+
+    def ensure(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._handle is None:
+            self._handle = loop.call_later(SWEEP_S, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        now = time.monotonic()
+        for conn in list(self._state.connections):
+            if isinstance(conn, BoundedProtocol):
+                conn.check_deadline(now)
+        if self._state.connections:
+            self.ensure(loop)
+
+
+class _Shared:
+    """What the connections of one server share."""
+
+    __slots__ = ("burst", "sweeper")
+
+    def __init__(self, state: ServerState) -> None:
+        self.burst = _Burst()
+        self.sweeper = _Sweeper(state)
+
+
+_shared: weakref.WeakKeyDictionary[ServerState, _Shared] = weakref.WeakKeyDictionary()
 
 
 class _Refused(Exception):
@@ -184,16 +221,20 @@ class BoundedProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.bounds = _bounds_of(self.app)
         self.timeout_keep_alive = self.bounds.keep_alive_s
-        self._burst = _bursts.setdefault(server_state, _Burst())
-        self._timer: asyncio.TimerHandle | None = None
+        shared = _shared.get(server_state)
+        if shared is None:
+            shared = _shared[server_state] = _Shared(server_state)
+        self._burst = shared.burst
+        self._sweeper = shared.sweeper
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
         self._running: RequestResponseCycle | None = None
         self._over_limit = False
         self._draining = False
         self._refusal: tuple[int, str, str] | None = None
         self._in_head = False
         self._begins = 0
-        self._head_bytes = 0
-        self._head_fields = 0
+        self._fed = 0
         self._head_chunks = 0
 
     # -- connection ---------------------------------------------------------------------------
@@ -229,6 +270,7 @@ class BoundedProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         began, in_head = self._begins, self._in_head
+        self._fed = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -264,25 +306,20 @@ class BoundedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._begins += 1
         self._in_head = True
-        self._head_bytes = self._head_fields = self._head_chunks = 0
+        self._head_chunks = 0
         self._arm(self.bounds.header_timeout_s, self._head_timed_out)
 
-    def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        if self._head_bytes > self.bounds.max_header_bytes:
-            self._abort(self._too_large())
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        self._head_fields += 1
-        if self._head_bytes > self.bounds.max_header_bytes or self._head_fields > self.bounds.max_headers:
-            self._abort(self._too_large())
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        self._in_head = False
         self._cancel_timer()
+        # Checked once the head is complete (it is then in memory, bounded by the chunk check in
+        # data_received), and summed only when what was read for it could exceed the limit.
+        b = self.bounds
+        headers = self.headers
+        if len(headers) > b.max_headers or (
+            self._head_chunks + self._fed > b.max_header_bytes
+            and len(self.url) + sum(len(n) + len(v) + 4 for n, v in headers) > b.max_header_bytes
+        ):
+            self._abort(self._too_large())
         if self._over_limit:
             self._abort(
                 (
@@ -291,6 +328,7 @@ class BoundedProtocol(HttpToolsProtocol):
                     "too_many_connections",
                 )
             )
+        self._in_head = False
         super().on_headers_complete()
         self._arm(self.bounds.body_timeout_s, self._body_timed_out)
 
@@ -314,7 +352,6 @@ class BoundedProtocol(HttpToolsProtocol):
         raise _Refused
 
     def _head_timed_out(self) -> None:
-        self._timer = None
         if self.flow is not None and self.flow.read_paused:
             # We stopped reading (a pipelined request waits its turn): not the caller's delay.
             self._arm(self.bounds.header_timeout_s, self._head_timed_out)
@@ -322,7 +359,6 @@ class BoundedProtocol(HttpToolsProtocol):
         self._refuse(408, "The request's headers did not arrive in time.", "request_timeout")
 
     def _body_timed_out(self) -> None:
-        self._timer = None
         if self.flow is not None and self.flow.read_paused:
             self._arm(self.bounds.body_timeout_s, self._body_timed_out)
             return
@@ -370,10 +406,16 @@ class BoundedProtocol(HttpToolsProtocol):
     # -- timers ---------------------------------------------------------------------------------
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(seconds, callback)
+        self._deadline = time.monotonic() + seconds
+        self._on_deadline = callback
+        self._sweeper.ensure(self.loop)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._on_deadline = None
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweeper: run the armed callback once its deadline has passed."""
+        callback = self._on_deadline
+        if callback is not None and now >= self._deadline:
+            self._on_deadline = None
+            callback()
