@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from apim_server import logs
 from apim_server.app import create_app
 from apim_server.config import Settings, describe_error
+from serving.connections import BoundedProtocol, raise_file_limit
 
 EXIT_BAD_SETTINGS = 2
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_BAD_SETTINGS)
 
     logs.configure(settings.log_level)
+    raise_file_limit()
     common = {
         "host": args.host,
         "port": args.port,
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "server_header": False,
+        "http": BoundedProtocol,
+        "timeout_keep_alive": settings.keep_alive_s,
     }
     if args.workers == 1:
         uvicorn.run(create_app(settings), **common)

@@ -10,7 +10,7 @@ from typing import Any
 from apim_server.dispatcher import Dispatcher
 from apim_server.metrics import Metrics
 from apim_server.upstream import remaining_and_reset
-from ratelimit.limiter import Limiter
+from ratelimit.limiter import Limiter, clamped
 from ratelimit.limits import Decision
 
 log = logging.getLogger("apim.accounting")
@@ -67,6 +67,9 @@ class Accounting:
         actual = total_tokens(usage)
         if actual is None:
             return None
+        # An upstream's figure is not ours to trust: a negative or absurd one is brought into
+        # what the stores count (and logged there).
+        actual = clamped(actual)
         self.metrics.tokens_used.inc(actual)
         self.metrics.estimate_error.observe(estimate - actual)
         try:

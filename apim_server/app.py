@@ -24,6 +24,7 @@ from apim_server.gateway import Gateway
 from apim_server.openapi import install as install_openapi
 from openai_wire import errors
 from openai_wire.errors import APIError
+from serving.connections import Bounds
 
 log = logging.getLogger("apim")
 
@@ -63,9 +64,11 @@ class GatewayApp:
     handler needs none of them: it answers every error itself in OpenAI's shape.
     """
 
-    def __init__(self, api: FastAPI, gateway: Gateway) -> None:
+    def __init__(self, api: FastAPI, gateway: Gateway, bounds: Bounds) -> None:
         self.api = api
         self.gateway = gateway
+        # Read by serving.connections.BoundedProtocol, uvicorn's protocol for this app.
+        self.bounds = bounds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
@@ -105,4 +108,6 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     errors.install(api)
     routes.install(api)
     install_openapi(api, keys=bool(settings.api_keys))
-    return GatewayApp(api, gateway)
+    # The forwarding pool and the store need files of their own besides callers' sockets.
+    bounds = settings.bounds(reserved_files=64 + settings.max_concurrency)
+    return GatewayApp(api, gateway, bounds)

@@ -13,14 +13,14 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from apim_server.exchange import Exchange, record_refusal, shutdown_error
+from apim_server.exchange import CLIENT_CLOSED, Exchange, record_refusal, shutdown_error
 from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
 from openai_wire.content_type import check_content_type
-from openai_wire.errors import APIError, _validation_message
+from openai_wire.errors import APIError, _validation_message, clip
 from openai_wire.schemas import ChatCompletionRequest
 
 LIMIT_WORDS = {
@@ -60,7 +60,7 @@ def too_large_error(model: str, name: str, limit: int, requested: int) -> APIErr
     words = LIMIT_WORDS.get(name, name)
     return APIError(
         429,
-        f"Request too large for {model} on {words}: Limit {limit}, Requested {requested}. "
+        f"Request too large for {clip(model)} on {words}: Limit {limit}, Requested {requested}. "
         "The input or output tokens must be reduced in order to run successfully. "
         "Visit https://platform.openai.com/account/rate-limits to learn more.",
         type="tokens" if name.startswith("tokens") else "requests",
@@ -80,7 +80,12 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         # Before the body is read: a stranger costs us no more than the headers.
         gw.caller_keys.check(request.headers)
         check_content_type(request)
-        raw = await read_body(request, gw.settings.max_body_bytes)
+        try:
+            raw = await read_body(request, gw.settings.max_body_bytes)
+        except ClientDisconnect:
+            # The caller hung up mid-body: nothing to answer, recorded as nginx's 499.
+            record_refusal(gw, request_id, model, CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
         data = _parse(raw)
         model = str(data.get("model", ""))
         try:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
+from serving.connections import ConnectionSettings
 from serving.settings import LogLevel, RedisURL, SecretList, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "APIM_"
 
 
-class Settings(BaseSettings):
+class Settings(ConnectionSettings):
     """Everything the gateway can be told, besides ``--host``, ``--port`` and ``--workers``."""
 
     model_config = SettingsConfigDict(
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated keys callers must present (`Authorization: Bearer KEY` or "
         "`api-key`) to use the gateway (empty = open to anyone who can reach it; a warning at start).",
+    )
+    operator_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key that `/status` and `/metrics` require as `Authorization: Bearer KEY` (empty = "
+        "open; `/healthz` and `/readyz` are always open).",
     )
     rpm_limit: int = Field(60, ge=0, description="The upstream's requests per minute (0 = no limit).")
     tpm_limit: int = Field(60_000, ge=0, description="The upstream's tokens per minute (0 = no limit).")

@@ -178,6 +178,8 @@ class Exchange:
                 "the upstream's rate limits (APIM_QUEUE_TIMEOUT_S); it was not sent.",
                 type="timeout",
                 code="queue_timeout",
+                # When it could fit: the budget's wait or the upstream's pause (after its 429s).
+                headers=retry_after_headers(max(1000, self.gw.dispatcher.expected_wait_ms())),
             )
         )
 
@@ -185,7 +187,8 @@ class Exchange:
         """One forward of an admitted request: the final answer, or None to queue it again."""
         gw = self.gw
         started = time.monotonic()
-        gw.metrics.dispatched(max(0.0, time.time() - decision.now_ms / 1000))
+        # On one clock (ours): from asking the store, which admits no earlier, to leaving.
+        gw.metrics.dispatched(max(0.0, started - decision.asked_at))
         try:
             upstream = await gw.upstream.chat(self.body, self.up_headers)
         except httpx.TransportError as exc:
@@ -241,15 +244,17 @@ class Exchange:
             gw.dispatcher.pause(wait_s)
             return None
         if status >= 500:
-            return await self._retry_or(Response(content, status, headers=passed_back(upstream.headers)))
+            return await self._retry_or(
+                Response(gw.redactor.body(content), status, headers=self._passed_back(upstream))
+            )
         actual = None
         if status < 300:
             actual = await gw.accounting.settle(self.ticket.cost.tokens, decision, usage_of(content))
         await gw.accounting.check_drift(upstream.headers, decision)
-        headers = passed_back(upstream.headers)
+        headers = self._passed_back(upstream)
         headers.update(self._own_headers())
         self._record(status, actual)
-        return Response(content, status, headers=headers)
+        return Response(gw.redactor.body(content), status, headers=headers)
 
     async def _retry_or(self, failure: Response) -> Response | None:
         """After a connect error or 5xx: None (back off, then queue again) while retries last."""
@@ -315,15 +320,16 @@ class Exchange:
         """Pass the stream through chunk by chunk; settle usage and release the slot at its end."""
         gw = self.gw
         tap = UsageTap(strip=not self.include_usage)
+        scrub = gw.redactor.stream()
 
         async def chunks() -> AsyncIterator[bytes]:
             outcome = CLIENT_CLOSED  # unless the stream ends or the upstream breaks
             try:
                 async for chunk in upstream.aiter_bytes():
-                    out = tap.feed(chunk)
+                    out = scrub.feed(tap.feed(chunk))
                     if out:
                         yield out
-                rest = tap.flush()
+                rest = scrub.feed(tap.flush()) + scrub.flush()
                 if rest:
                     yield rest
                 outcome = 200
@@ -347,7 +353,7 @@ class Exchange:
                     task.add_done_callback(_cleanup.discard)
                     self._record(outcome, None)
 
-        headers = passed_back(upstream.headers)
+        headers = self._passed_back(upstream)
         headers.update(self._own_headers())
         return StreamingResponse(chunks(), status_code=200, headers=headers)
 
@@ -357,6 +363,9 @@ class Exchange:
         elapsed = time.monotonic() - started
         self.upstream_s += elapsed
         self.gw.metrics.upstream(status, elapsed)
+
+    def _passed_back(self, upstream: httpx.Response) -> dict[str, str]:
+        return self.gw.redactor.headers(passed_back(upstream.headers))
 
     def _own_headers(self) -> dict[str, str]:
         return {"x-request-id": self.request_id, "x-apim-queue-ms": str(round(self.queue_s * 1000))}

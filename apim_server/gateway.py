@@ -16,16 +16,19 @@ from apim_server.cluster import Cluster
 from apim_server.config import Settings
 from apim_server.dispatcher import Dispatcher
 from apim_server.metrics import Metrics
+from apim_server.probe import UpstreamProbe
 from apim_server.queue import Ticket, TicketQueue
+from apim_server.redaction import Redactor
 from apim_server.upstream import Upstream
 from ratelimit.cost import CostEstimator
 from ratelimit.embedded import EmbeddedStore
 from ratelimit.limiter import Limiter, open_store
 from ratelimit.limits import Decision
 from ratelimit.redis_store import RedisStore
-from ratelimit.redis_url import redacted
 from ratelimit.store import Store
 from ratelimit.tokens import encoding
+from serving.operator import OperatorKey
+from serving.urls import redacted
 
 log = logging.getLogger("apim")
 
@@ -75,6 +78,10 @@ class Gateway:
             settings.upstream_timeout_s,
             forward_caller_auth=not settings.api_keys,
         )
+        # Whatever the upstream echoes of our key never reaches a caller.
+        self.redactor = Redactor([settings.upstream_api_key.get_secret_value()])
+        self.operator = OperatorKey(settings.operator_key.get_secret_value())
+        self.probe = UpstreamProbe(self.upstream)
         self.caller_keys = CallerKeys(k.get_secret_value() for k in settings.api_keys)
         self.accounting = Accounting(
             self.limiter, self.key, settings.refund_unused, self.metrics, self.dispatcher
@@ -150,6 +157,7 @@ class Gateway:
         await self.dispatcher.stop()
         await self.cluster.stop()
         await self.upstream.close()
+        await self.probe.close()
         await self.store.close()
 
     def figures(self) -> dict[str, Any]:
@@ -170,11 +178,7 @@ class Gateway:
         if self._ready is not None and now - self._ready[0] < READY_CACHE_S:
             return self._ready[1]
         store_ok = await self.store.ready(self.key)
-        try:
-            headers = self.upstream.headers((), "readyz")
-            upstream_ok = (await self.upstream.models(headers, limit_s=1.0)).status_code < 500
-        except Exception:  # noqa: BLE001 - any failure means "not reachable"
-            upstream_ok = False
+        upstream_ok = await self.probe.reachable()
         result = {"store": store_ok, "upstream": upstream_ok}
         self._ready = (now, result)
         return result

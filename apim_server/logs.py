@@ -6,7 +6,7 @@ import logging
 import sys
 
 from serving import request_log
-from serving.request_log import BatchedStreamHandler
+from serving.request_log import BatchedStreamHandler, EscapeArgs
 
 REQUEST_LOGGER = "apim.request"
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -22,8 +22,11 @@ def configure(level: str) -> None:
         return
     numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
     logging.basicConfig(level=numeric, format=FORMAT, stream=sys.stderr)
+    for root_handler in logging.getLogger().handlers:
+        root_handler.addFilter(EscapeArgs())
     handler = BatchedStreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(EscapeArgs())
     requests.addHandler(handler)
     requests.propagate = False
     # httpx logs every request at INFO: our own line per request says more, once.

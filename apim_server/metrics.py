@@ -124,8 +124,8 @@ class Metrics:
         )
         self.dispatch_lag = Histogram(
             "apim_dispatch_lag_seconds",
-            "From the limiter's admission (its clock) to the request leaving for the upstream: "
-            "the jitter APIM_WINDOW_MARGIN_MS must cover",
+            "From asking the limiter to the request leaving for the upstream, on this process's "
+            "clock (the admission happens within): the jitter APIM_WINDOW_MARGIN_MS must cover",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )

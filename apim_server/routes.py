@@ -16,6 +16,7 @@ from apim_server.gateway import Gateway
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
 from ratelimit.limiter import status_limits
+from serving.urls import redacted
 
 
 def gateway(request: Request) -> Gateway:
@@ -37,10 +38,10 @@ async def models(request: Request) -> Response:
     if upstream.status_code in (401, 403) and gw.upstream.own_key:
         raise upstream_auth_failed()
     return Response(
-        upstream.content,
+        gw.redactor.body(upstream.content),
         upstream.status_code,
         headers={
-            "content-type": upstream.headers.get("content-type", "application/json"),
+            "content-type": gw.redactor.text(upstream.headers.get("content-type", "application/json")),
             "x-request-id": request_id,
         },
     )
@@ -48,6 +49,7 @@ async def models(request: Request) -> Response:
 
 async def status(request: Request) -> JSONResponse:
     gw = gateway(request)
+    gw.operator.check(request.headers)
     m = gw.metrics
     figures = gw.figures()
     p50, p99 = m.wait_percentiles()
@@ -66,7 +68,7 @@ async def status(request: Request) -> JSONResponse:
             "service": "apim",
             "store": gw.store.kind,
             "instance": gw.instance_id,
-            "upstream": gw.settings.upstream_url,
+            "upstream": redacted(gw.settings.upstream_url),
             "budget_key": gw.key,
             "uptime_s": round(time.time() - gw.started_at, 1),
             "closing": gw.closing,
@@ -107,7 +109,9 @@ async def status(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(gateway(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    gw = gateway(request)
+    gw.operator.check(request.headers)
+    return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def healthz() -> dict[str, str]:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from llm_mock_server.config import MockSettings, describe_error
 from llm_mock_server.logs import logging_config
+from serving.connections import BoundedProtocol, raise_file_limit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             "llm-mock: warning: each of the workers keeps its own limits without MOCK_REDIS_URL",
             file=sys.stderr,
         )
+    raise_file_limit()
     uvicorn.run(
         "llm_mock_server.app:create_app",
         factory=True,
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        http=BoundedProtocol,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

@@ -21,9 +21,10 @@ from llm_mock_server.routes import REQUEST_ID_KEY, MockService
 from openai_wire.errors import install
 from ratelimit.limiter import Limiter, open_store
 from ratelimit.limits import Limits
-from ratelimit.redis_url import redacted
 from ratelimit.store import Clock
 from ratelimit.tokens import encoding, encoding_name_for_model
+from serving.connections import Bounds
+from serving.urls import redacted
 
 log = logging.getLogger("llm_mock_server")
 
@@ -39,9 +40,11 @@ class MockApp:
     close the connection without writing anything (see ``faults``).
     """
 
-    def __init__(self, api: FastAPI, service: MockService) -> None:
+    def __init__(self, api: FastAPI, service: MockService, bounds: Bounds) -> None:
         self.api = api
         self.service = service
+        # Read by serving.connections.BoundedProtocol, uvicorn's protocol for this app.
+        self.bounds = bounds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> str | None:
         if scope["type"] != "http":
@@ -101,7 +104,7 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
         encoding(name)
         vocabulary(name)
 
-    service = MockService(settings, Limiter(limits, store))
+    service = MockService(settings, Limiter(limits, store, hash_keys=True))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -118,4 +121,4 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
     install(api)
     service.install(api)
     install_openapi(api, settings)
-    return MockApp(api, service)
+    return MockApp(api, service, settings.bounds())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from ratelimit.cost import CostRule
 from serving import settings as settings_doc
+from serving.connections import ConnectionSettings
 from serving.settings import CommaList, LogLevel, RedisURL, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "MOCK_"
@@ -17,7 +18,7 @@ DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4", "gpt-3.5-tur
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
-class MockSettings(BaseSettings):
+class MockSettings(ConnectionSettings):
     """Everything the mock can be told, besides ``--host``, ``--port`` and ``--workers``."""
 
     model_config = SettingsConfigDict(
@@ -65,6 +66,11 @@ class MockSettings(BaseSettings):
         default_factory=list,
         description="Comma-separated accepted API keys, each with its own limits "
         "(empty = no auth, one shared budget).",
+    )
+    operator_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key that `/status` and `/metrics` require as `Authorization: Bearer KEY` (empty = "
+        "open; `/healthz` and `/readyz` are always open).",
     )
     admin: bool = Field(
         False, description="Enable test control: the `x-mock-fault` header and `POST /admin/reset`."

@@ -20,7 +20,10 @@ def flush_request_log() -> None:
 def logging_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config plus ours: service loggers, the request log, quiet drops."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"quiet_drops": {"()": "llm_mock_server.faults.QuietDrops"}}
+    config["filters"] = {
+        "quiet_drops": {"()": "llm_mock_server.faults.QuietDrops"},
+        "escape": {"()": "serving.request_log.EscapeArgs"},
+    }
     config["loggers"]["uvicorn.error"]["filters"] = ["quiet_drops"]
     config["formatters"]["plain"] = {"format": "%(levelname)s:     %(message)s"}
     config["handlers"]["requests"] = {
@@ -28,7 +31,9 @@ def logging_config(level: str) -> dict[str, Any]:
         "formatter": "plain",
         "stream": "ext://sys.stderr",
     }
-    for name in ("llm_mock_server", "ratelimit", "openai_wire"):
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "escape"]
+    for name in ("llm_mock_server", "ratelimit", "openai_wire", "serving"):
         config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     config["loggers"][REQUEST_LOGGER] = {"handlers": ["requests"], "level": level.upper(), "propagate": False}
     return config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from openai_wire.errors import APIError
+from openai_wire.errors import APIError, clip
 from openai_wire.headers import go_duration, retry_after_headers
 from ratelimit.limits import LimitState
 
@@ -41,7 +41,7 @@ def rate_limited(
     """OpenAI's 429 for a limit that is full now: how much is used and how long to wait."""
     words, kind = limit_words(state, rpm)
     message = (
-        f"Rate limit reached for {model} in organization {ORGANIZATION} on {words}: "
+        f"Rate limit reached for {clip(model)} in organization {ORGANIZATION} on {words}: "
         f"Limit {state.limit}, Used {state.used}, Requested {requested}. "
         f"Please try again in {go_duration(wait_ms)}. Visit {LIMITS_URL} to learn more."
     )
@@ -58,7 +58,7 @@ def too_large(model: str, state: LimitState, requested: int, rpm: int, headers: 
     """OpenAI's 429 for a request that exceeds a limit on its own and so can never run."""
     words, kind = limit_words(state, rpm)
     message = (
-        f"Request too large for {model} in organization {ORGANIZATION} on {words}: "
+        f"Request too large for {clip(model)} in organization {ORGANIZATION} on {words}: "
         f"Limit {state.limit}, Requested {requested}. "
         "The input or output tokens must be reduced in order to run successfully. "
         f"Visit {LIMITS_URL} to learn more."
@@ -94,7 +94,7 @@ def invalid_key(key: str | None) -> APIError:
 def model_not_found(model: str) -> APIError:
     return APIError(
         404,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{clip(model)}` does not exist or you do not have access to it.",
         type="invalid_request_error",
         code="model_not_found",
     )

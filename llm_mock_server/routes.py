@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llm_mock_server.auth import KeyCheck, key_label
@@ -44,6 +45,7 @@ from openai_wire.sse import DONE, event
 from ratelimit.cost import CostEstimator
 from ratelimit.limiter import Limiter, status_limits
 from ratelimit.limits import Cost, Decision, LimitState
+from serving.operator import OperatorKey
 
 log = logging.getLogger("llm_mock_server")
 request_log = logging.getLogger(REQUEST_LOGGER)
@@ -105,6 +107,7 @@ class MockService:
         self.settings = settings
         self.limiter = limiter
         self.auth = KeyCheck(settings.api_keys)
+        self.operator = OperatorKey(settings.operator_key.get_secret_value())
         self.models = frozenset(settings.models)
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
         self.faults = FaultPicker(settings)
@@ -150,6 +153,10 @@ class MockService:
             log.exception("limiter store unavailable")
             out.status = 503
             return server_error(503).response()
+        except ClientDisconnect:
+            # The caller hung up mid-body: recorded (nginx's 499), no traceback, nothing sent.
+            out.status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
         except Exception:
             log.exception("unhandled error")
             return APIError(500, "The server had an error while processing your request.").response()
@@ -345,6 +352,7 @@ class MockService:
         return Response(_dumps(self._card(model)), media_type="application/json")
 
     async def status(self, request: Request) -> Response:
+        self.operator.check(request.headers)
         key = request.query_params.get("api_key") or self.auth.default_key
         try:
             decision = await self.limiter.peek(key)
@@ -371,7 +379,8 @@ class MockService:
         }
         return Response(_dumps(payload), media_type="application/json")
 
-    async def prometheus(self) -> Response:
+    async def prometheus(self, request: Request) -> Response:
+        self.operator.check(request.headers)
         for key in self.auth.known_keys():
             try:
                 decision = await self.limiter.peek(key)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 
@@ -25,6 +26,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--mock-url", default="http://127.0.0.1:8000", help="mock LLM base URL (default: %(default)s)")
     add("--apim-url", default="http://127.0.0.1:8001", help="gateway base URL (default: %(default)s)")
     add("--mock-api-key", default=None, help="whose limits the mock shows (default: its first key)")
+    add(
+        "--mock-operator-key",
+        default=os.environ.get("MOCK_OPERATOR_KEY") or None,
+        help="the mock's MOCK_OPERATOR_KEY, if it has one (default: that environment variable)",
+    )
+    add(
+        "--apim-operator-key",
+        default=os.environ.get("APIM_OPERATOR_KEY") or None,
+        help="the gateway's APIM_OPERATOR_KEY, if it has one (default: that environment variable)",
+    )
     add("--interval", type=float, default=1.0, help="seconds between refreshes (default: %(default)g)")
     add("--timeout", type=float, default=2.0, help="seconds to wait for each /status (default: %(default)g)")
     add("--once", action="store_true", help="print one frame and exit")
@@ -49,7 +60,14 @@ def stop_on_sigterm() -> None:
 async def run(args: argparse.Namespace) -> None:
     stop_on_sigterm()
     console = Console(width=args.width)
-    client = StatusClient(args.mock_url, args.apim_url, timeout=args.timeout, mock_api_key=args.mock_api_key)
+    client = StatusClient(
+        args.mock_url,
+        args.apim_url,
+        timeout=args.timeout,
+        mock_api_key=args.mock_api_key,
+        mock_operator_key=args.mock_operator_key,
+        apim_operator_key=args.apim_operator_key,
+    )
     async with client:
         if args.json:
             snapshot = await client.snapshot()

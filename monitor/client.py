@@ -83,12 +83,17 @@ def error_message(response: httpx.Response) -> str:
 
 
 async def fetch_status(
-    client: httpx.AsyncClient, name: str, url: str, params: dict[str, str] | None = None
+    client: httpx.AsyncClient,
+    name: str,
+    url: str,
+    params: dict[str, str] | None = None,
+    operator_key: str | None = None,
 ) -> ServiceStatus:
-    """``GET {url}/status``; never raises."""
+    """``GET {url}/status`` (with the service's operator key, if it has one); never raises."""
     started = time.perf_counter()
+    headers = {"authorization": f"Bearer {operator_key}"} if operator_key else None
     try:
-        response = await client.get(f"{url.rstrip('/')}/status", params=params)
+        response = await client.get(f"{url.rstrip('/')}/status", params=params, headers=headers)
         response.raise_for_status()
         body = response.json()
         if not isinstance(body, dict):
@@ -102,10 +107,18 @@ class StatusClient:
     """Both services' ``/status``, fetched concurrently over one keep-alive client."""
 
     def __init__(
-        self, mock_url: str, apim_url: str, timeout: float = 2.0, mock_api_key: str | None = None
+        self,
+        mock_url: str,
+        apim_url: str,
+        timeout: float = 2.0,
+        mock_api_key: str | None = None,
+        mock_operator_key: str | None = None,
+        apim_operator_key: str | None = None,
     ) -> None:
         self.mock_url = mock_url
         self.apim_url = apim_url
+        self._mock_operator_key = mock_operator_key
+        self._apim_operator_key = apim_operator_key
         # The mock keeps limits per API key and shows its default key's unless asked.
         self._mock_params = {"api_key": mock_api_key} if mock_api_key else None
         # No proxy from the environment: the services are on this machine or this network.
@@ -113,8 +126,8 @@ class StatusClient:
 
     async def snapshot(self) -> Snapshot:
         mock, apim = await asyncio.gather(
-            fetch_status(self._client, MOCK, self.mock_url, self._mock_params),
-            fetch_status(self._client, APIM, self.apim_url),
+            fetch_status(self._client, MOCK, self.mock_url, self._mock_params, self._mock_operator_key),
+            fetch_status(self._client, APIM, self.apim_url, operator_key=self._apim_operator_key),
         )
         return Snapshot(mock, apim)
 

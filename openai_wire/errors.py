@@ -30,6 +30,15 @@ _TYPES = {
 }
 
 
+ECHO_CAP = 256
+"""Characters of a caller's value an error message repeats (a 1 MB model name is not echoed)."""
+
+
+def clip(value: str, cap: int = ECHO_CAP) -> str:
+    """``value`` as an error message may repeat it: at most ``cap`` characters."""
+    return value if len(value) <= cap else f"{value[:cap]}...({len(value)} chars)"
+
+
 class APIError(Exception):
     """An error answer: raise it anywhere in a route and the handler renders it."""
 
@@ -79,7 +88,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         )
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
-    return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"Invalid value for '{param}': {message}.", param
 
 
 def install(app: FastAPI) -> None:

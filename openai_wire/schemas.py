@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 INT32_MAX = 2**31 - 1
 STRICT = ConfigDict(extra="allow", strict=True)
@@ -30,12 +30,33 @@ Int = Annotated[int, BeforeValidator(_integral)]
 TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integral)]
 
 
+# Only these may go without content (an assistant's message may carry tool calls instead).
+CONTENT_OPTIONAL = ("assistant", "function")
+
+
+def _content_rule(schema: dict[str, Any]) -> None:
+    """The same rule in the JSON schema (so fuzzers generate what the validator accepts)."""
+    schema["anyOf"] = [
+        {"properties": {"role": {"enum": list(CONTENT_OPTIONAL)}}},
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    ]
+
+
 class ChatMessage(BaseModel):
-    model_config = STRICT
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_content_rule)
 
     role: Literal["system", "user", "assistant", "tool", "function", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None = Field(default=None, validate_default=True)
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        if value is None and role is not None and role not in CONTENT_OPTIONAL:
+            # OpenAI's words for a null or missing content.
+            raise ValueError("expected a string, got null")
+        return value
 
 
 class StreamOptions(BaseModel):

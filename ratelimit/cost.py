@@ -34,8 +34,8 @@ class CostEstimator:
 
     def max_tokens(self, body: Mapping[str, Any]) -> int:
         for name in ("max_completion_tokens", "max_tokens"):
-            value = body.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
+            value = _int(body.get(name))
+            if value is not None:
                 return value
         return self.default_max_tokens
 
@@ -46,7 +46,7 @@ class CostEstimator:
 
     def estimate(self, body: Mapping[str, Any], prompt_tokens: int | None = None) -> Cost:
         """The cost of ``body``; pass ``prompt_tokens`` if already counted."""
-        completion = self.max_tokens(body) * max(1, _int(body.get("n"), 1))
+        completion = self.max_tokens(body) * max(1, _int(body.get("n")) or 1)
         if self.rule is CostRule.MAX:
             chars = sum(
                 len(str(m.get("content") or "")) for m in body.get("messages") or [] if isinstance(m, Mapping)
@@ -56,5 +56,13 @@ class CostEstimator:
         return Cost(1, prompt + completion)
 
 
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+def _int(value: Any) -> int | None:
+    """An integer as the request schema reads one: ``300.0`` is 300 (JSON has one number type,
+    and the upstream reads it so), ``true`` and ``300.5`` are not integers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None

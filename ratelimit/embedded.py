@@ -10,7 +10,7 @@ import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-from ratelimit.limits import NOTHING, Cost, Decision, Policy
+from ratelimit.limits import DAY_CAP, LIVE_CAP, NOTHING, REBASE_AT, Cost, Decision, Policy
 from ratelimit.store import Clock, Store, args, decode
 
 SWEEP_EVERY_MS = 60_000
@@ -81,7 +81,7 @@ class EmbeddedStore(Store):
         if now >= self._next_sweep:
             self._sweep(now)
         argv = args(policy, op, cost, now, now, admitted_at_ms)
-        return decode(policy, self._step(key, argv))
+        return decode(policy, self._step(key, argv), time.monotonic())
 
     def _sweep(self, now: int) -> None:
         """Drop budgets past their expiry, as Redis expires their keys."""
@@ -98,6 +98,16 @@ class EmbeddedStore(Store):
                 self._specs.clear()
             self._specs[spec] = found
         return found  # type: ignore[return-value]
+
+    @staticmethod
+    def _rebase(b: _Budget, live_first: int, base_n: int, base_c: int) -> None:
+        """Renumber the running totals from zero, as the script does: drop every expired
+        entry, subtract the totals they leave behind from each live one."""
+        b.times = b.times[live_first:]
+        b.reqs = [r - base_n for r in b.reqs[live_first:]]
+        b.toks = [t - base_c for t in b.toks[live_first:]]
+        b.head = 0
+        b.n, b.c, b.bn, b.bc = b.n - base_n, b.c - base_c, 0, 0
 
     def _step(self, key: str, argv: list[int | str]) -> list[int]:  # noqa: PLR0912, PLR0915
         op = argv[0]
@@ -169,10 +179,22 @@ class EmbeddedStore(Store):
 
         write = op == "charge" or (op == "acquire" and wait == 0)
         allowed = 1 if write or (op == "peek" and wait == 0) else 0
+        if write:
+            live_first = b.head + longest_expired
+            live_n, live_c = (
+                (b.reqs[live_first - 1], b.toks[live_first - 1]) if longest_expired else (b.bn, b.bc)
+            )
+            if b.c - live_c + tok > LIVE_CAP:
+                tok = max(0, LIVE_CAP - (b.c - live_c))
+            if b.n - live_n + req > LIVE_CAP:
+                req = max(0, LIVE_CAP - (b.n - live_n))
         if write and (req > 0 or tok > 0):
             changed = True
+            if b.n + req > REBASE_AT or b.c + tok > REBASE_AT:
+                self._rebase(b, live_first, live_n, live_c)
+                longest_expired = 0
             b.n, b.c = b.n + req, b.c + tok
-            dr, dt = dr + req, dt + tok
+            dr, dt = min(DAY_CAP, dr + req), min(DAY_CAP, dt + tok)
             b.times.append(now)
             b.reqs.append(b.n)
             b.toks.append(b.c)

@@ -10,6 +10,16 @@ from zoneinfo import ZoneInfo
 
 MINUTE_MS = 60_000
 
+# Bounds on what the stores count (lua/limiter.lua holds the same values). One cost is at most
+# MAX_COST tokens (above the largest valid request: 128 choices of 2**31 - 1 tokens plus a
+# 1 MiB prompt); a window counts at most LIVE_CAP, a day DAY_CAP; running totals are renumbered
+# from zero past REBASE_AT. So the log's fixed-width members (15 digits) and Lua's doubles stay
+# exact whatever an upstream reports, and no total ever outgrows them.
+MAX_COST = 2**40
+LIVE_CAP = 10**14
+REBASE_AT = 4 * 10**14
+DAY_CAP = 10**15
+
 
 @dataclass(frozen=True, slots=True)
 class Cost:
@@ -151,6 +161,9 @@ class Decision:
     wait_ms: int
     now_ms: int
     states: tuple[LimitState, ...]
+    # When the store was asked, on this process's monotonic clock (now_ms is the store's own
+    # clock, Redis time): what a lag measured here must start from, never now_ms.
+    asked_at: float = field(default=0.0, compare=False)
 
     def state(self, name: str) -> LimitState:
         for s in self.states:

@@ -140,6 +140,7 @@ class RedisStore(Store):
         await self.connection.aclose()
 
     async def _run(self, key: str, policy: Policy, op: str, cost: Cost, admitted_at_ms: int = 0) -> Decision:
+        asked_at = time.monotonic()
         now = self._clock() if self._clock else None
         # Day bounds come from our clock; the script picks the day that holds server time.
         argv = args(
@@ -148,4 +149,4 @@ class RedisStore(Store):
         line = wire(argv)
         async with asyncio.timeout(self.timeout_s):
             raw = await self._calls.call(self.keys(key), line)
-        return decode(policy, raw)
+        return decode(policy, raw, asked_at)

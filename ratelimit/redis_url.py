@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio.connection import parse_url
 
@@ -35,24 +35,6 @@ class SentinelTarget:
     options: dict[str, Any] = field(default_factory=dict)
     """Connection options of the master (user, password, TLS files, timeouts)."""
     sentinel_options: dict[str, Any] = field(default_factory=dict)
-
-
-def redacted(url: str) -> str:
-    """``url`` for the log: the password and any ``*password`` option shown as ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hosts = netloc.rsplit("@", 1)
-        user, sep, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hosts}" if sep else netloc
-    query = urlencode(
-        [
-            (k, "***" if k.endswith("password") else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*/",
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def is_sentinel(url: str) -> bool:

@@ -75,16 +75,17 @@ def labels(policy: Policy) -> tuple[tuple[str, int], ...]:
     return found
 
 
-def decode(policy: Policy, raw: list[int]) -> Decision:
+def decode(policy: Policy, raw: list[int], asked_at: float = 0.0) -> Decision:
     """Build a Decision from the flat list both stores produce (integers already: Redis
-    answers a script's numbers as integers)."""
+    answers a script's numbers as integers); ``asked_at`` is when the store was asked
+    (``time.monotonic()``)."""
     states = tuple(
         [
             LimitState(name, limit, raw[i], raw[i + 1], raw[i + 2])
             for i, (name, limit) in zip(range(3, len(raw), 3), labels(policy), strict=True)
         ]
     )
-    return Decision(bool(raw[0]), raw[1], raw[2], states)
+    return Decision(bool(raw[0]), raw[1], raw[2], states, asked_at)
 
 
 def spec(policy: Policy, day_ref_ms: int) -> str:

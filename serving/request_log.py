@@ -1,10 +1,40 @@
-"""The one-line-per-request log, written in batches from a thread."""
+"""The one-line-per-request log, written in batches from a thread; caller-supplied values in
+every log line escaped, so none can forge a line or a field."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 from typing import TextIO
+
+LOG_VALUE_CAP = 200
+"""Characters of one value a log line shows (a 1 MB model name must not make a 1 MB line)."""
+_PLAIN = re.compile(r"[A-Za-z0-9_.,:/@+*%-]*")
+
+
+def logged(value: str, cap: int = LOG_VALUE_CAP) -> str:
+    """``value`` as one log field: as is when plain, else JSON-quoted (newlines, control
+    characters, quotes and non-ASCII escaped; spaces and ``=`` enclosed), cut to ``cap``."""
+    if len(value) <= cap and _PLAIN.fullmatch(value):
+        return value
+    if len(value) > cap:
+        value = value[:cap] + f"...({len(value)} chars)"
+    return json.dumps(value)
+
+
+class EscapeArgs(logging.Filter):
+    """Passes every string argument of a record through ``logged``: values come from callers
+    (model names, request ids, keys) and from upstreams. Put on each handler; a record is
+    escaped once, however many handlers it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and not getattr(record, "_escaped", False):
+            if isinstance(record.args, tuple):
+                record.args = tuple(logged(a) if isinstance(a, str) else a for a in record.args)
+            record._escaped = True
+        return True
 
 
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode
 
 from ratelimit import redis_url
+from serving.urls import redacted
 
 
 def describe_error(exc: ValidationError, prefix: str) -> str:
@@ -19,6 +20,8 @@ def describe_error(exc: ValidationError, prefix: str) -> str:
         loc = [str(p) for p in error.get("loc", ())]
         name = f"{prefix}{loc[0].upper()}" if loc else "settings"
         value = error.get("input")
+        if isinstance(value, str) and "://" in value:
+            value = redacted(value)  # a URL's password must not reach the console either
         shown = f" (got {value!r})" if loc and not isinstance(value, dict) else ""
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{name}: {message}{shown}" if loc else message)
@@ -28,7 +31,10 @@ def describe_error(exc: ValidationError, prefix: str) -> str:
 def settings_table(cls: type[BaseSettings], prefix: str) -> list[tuple[str, str, str]]:
     """(environment variable, default, description) of every setting, for the README."""
     rows = []
-    for name, field in cls.model_fields.items():
+    # A class's own settings first, then those it inherits (the connection bounds).
+    own = cls.__annotations__
+    fields = sorted(cls.model_fields.items(), key=lambda item: item[0] not in own)
+    for name, field in fields:
         default = field.get_default(call_default_factory=True)
         if isinstance(default, SecretStr):
             default = default.get_secret_value()

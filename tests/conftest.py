@@ -6,16 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests.processes import free_port
+from tests.processes import private_redis
 from tests.topologies import Cluster, Sentinels
 
 _SKIP_REASON: list[str] = []
@@ -36,40 +33,10 @@ def redis_url() -> Iterator[str]:
         if _reachable(url):
             yield url
             return
-    binary = shutil.which("redis-server")
-    if binary:
-        port = free_port()
-        workdir = tempfile.mkdtemp(prefix="redis-test-")
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _reachable(url):
-            time.sleep(0.05)
-        if _reachable(url):
-            try:
-                yield url
-            finally:
-                proc.terminate()
-                proc.wait(5)
-                shutil.rmtree(workdir, ignore_errors=True)
+    with private_redis() as url:
+        if url is not None:
+            yield url
             return
-        proc.kill()
     _unavailable("no Redis: set REDIS_URL, run one on 127.0.0.1:6379, or install redis-server")
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -54,13 +57,18 @@ def running(
     port: int | None = None,
     ready_path: str = "/healthz",
     timeout: float = 30,
+    output: Path | None = None,
 ) -> Iterator[Service]:
-    """Start ``python -m module --host 127.0.0.1 --port P`` and wait until it answers."""
+    """Start ``python -m module --host 127.0.0.1 --port P`` and wait until it answers; its
+    stdout and stderr go to ``output`` when given."""
     port = port or free_port()
     full_env = {**os.environ, **(env or {})}
+    sink = output.open("wb") if output is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
         env=full_env,
+        stdout=sink,
+        stderr=subprocess.STDOUT if sink is not None else None,
     )
     service = Service(f"http://127.0.0.1:{port}", port, proc)
     deadline = time.monotonic() + timeout
@@ -79,3 +87,60 @@ def running(
         yield service
     finally:
         service.stop()
+        if sink is not None:
+            sink.close()
+
+
+@contextmanager
+def private_redis() -> Iterator[str | None]:
+    """A redis-server of the test's own on a free port (its URL), or None without the binary.
+
+    For what a test may only do to a Redis nobody else uses (SCRIPT FLUSH, restarts)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="redis-test-")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not _redis_answers(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                yield None
+                return
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

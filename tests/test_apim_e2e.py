@@ -347,6 +347,7 @@ def test_queue_timeout_is_504_and_uses_no_budget(
         late = chat(gw)
         assert late.status_code == 504
         assert late.json()["error"]["code"] == "queue_timeout"
+        assert int(late.headers["retry-after"]) >= 1
         assert int(late.headers["x-apim-queue-ms"]) >= 1000
         assert gw.status()["limits"]["rpm"]["used"] == 1
         assert plain_upstream.status()["totals"]["requests"] - sent_before == 1
@@ -426,6 +427,9 @@ def test_upstream_429_every_time_ends_in_queue_timeout(plain_upstream: Service) 
         response = chat(gw, headers={"x-mock-fault": "429"})
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "queue_timeout"
+        # When it could be tried again: the upstream's own 429s said how long.
+        assert int(response.headers["retry-after"]) >= 1
+        assert int(response.headers["retry-after-ms"]) >= 1000
         assert plain_upstream.status()["totals"]["rate_limited"] - before >= 2, "requeued and tried again"
 
 

@@ -58,6 +58,18 @@ CASES: dict[str, tuple[int, dict[str, Any]]] = {
     "messages empty": (400, with_body(messages=[])),
     "message not an object": (400, with_body(messages=["hi"])),
     "unknown role": (400, with_body(messages=[{"role": "root", "content": "hi"}])),
+    "user content null": (400, with_body(messages=[{"role": "user", "content": None}])),
+    "user content missing": (400, with_body(messages=[{"role": "user"}])),
+    "system content null": (
+        400,
+        with_body(messages=[{"role": "system", "content": None}, GOOD["messages"][0]]),
+    ),
+    "content a number": (400, with_body(messages=[{"role": "user", "content": 5}])),
+    "model a number": (400, with_body(model=4)),
+    "model empty": (400, with_body(model="")),
+    "n zero": (400, with_body(n=0)),
+    "n a fraction": (400, with_body(n=1.5)),
+    "max_tokens a fraction": (400, with_body(max_tokens=300.5)),
     "temperature NaN": (
         400,
         {"content": json.dumps(GOOD)[:-1].encode() + b',"temperature":NaN}', "headers": JSON},
@@ -144,3 +156,42 @@ def test_garbage_content_length_is_refused(target: Service) -> None:
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 400"), reply[:100]
     assert httpx.get(f"{target.url}/healthz", timeout=5).status_code == 200
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"x-big: " + b"a" * 100_000 + b"\r\n", b"".join(b"x-h%d: v\r\n" % i for i in range(150))],
+    ids=["one header of 100 KB", "150 headers"],
+)
+def test_hostile_headers_are_431_in_openai_shape(target: Service, upstream: Service, headers: bytes) -> None:
+    before = upstream_requests(upstream)
+    body = json.dumps(GOOD).encode()
+    reply = raw_exchange(
+        target.port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + headers
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body,
+    )
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+    error = json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "headers_too_large"
+    if target is not upstream:
+        assert upstream_requests(upstream) == before
+    assert httpx.post(f"{target.v1}/chat/completions", json=GOOD, timeout=30).status_code == 200
+
+
+def test_a_huge_model_name_is_not_echoed(target: Service) -> None:
+    response = httpx.post(f"{target.v1}/chat/completions", json={**GOOD, "model": "m" * 60_000}, timeout=30)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert len(response.content) < 2_000

@@ -218,3 +218,13 @@ def test_rules_by_name_and_bad_values() -> None:
     assert estimator.estimate(body(max_tokens=True)).tokens == 129 + 50
     assert estimator.estimate(body(max_tokens="9")).tokens == 129 + 50
     assert estimator.estimate({"model": "gpt-4"}).tokens == 3 + 50
+
+
+def test_integral_numbers_are_costed_as_the_upstream_reads_them() -> None:
+    """JSON has one number type: ``300.0`` is 300 to the schema and to the upstream, so its cost
+    is 300, not the default; ``n: 2.0`` is two answers."""
+    estimator = CostEstimator(default_max_tokens=1024)
+    assert estimator.estimate(body(max_tokens=300.0)).tokens == 129 + 300
+    assert estimator.estimate(body(max_completion_tokens=40.0)).tokens == 129 + 40
+    assert estimator.estimate(body(max_tokens=100, n=2.0)).tokens == 129 + 200
+    assert estimator.estimate(body(max_tokens=300.5)).tokens == 129 + 1024

@@ -22,6 +22,12 @@
 -- Returns: {allowed, wait_ms, now_ms, then per limit: used, wait_ms, reset_ms}
 -- in the order (window requests, window tokens)..., day requests, day tokens.
 
+-- Bounds that keep every running total inside the members' 15 digits (and a double's exact
+-- integers): the same values as ratelimit/limits.py (LIVE_CAP, REBASE_AT, DAY_CAP).
+local LIVE_CAP = 100000000000000
+local REBASE_AT = 400000000000000
+local DAY_CAP = 1000000000000000
+
 local log, state, refunds = KEYS[1], KEYS[2], KEYS[3]
 local argv = cjson.decode(ARGV[1])
 local op = argv[1]
@@ -168,10 +174,34 @@ if op == 'peek' and wait == 0 then allowed = 1 end
 
 local ttl = math.max(longest, day_end - now) + 60000
 
+-- A window never holds more than LIVE_CAP (above any real limit): what an upstream reports
+-- beyond it is not counted, so no total can outgrow the members' width.
+if write then
+  if c - longest_ec + tok > LIVE_CAP then tok = math.max(0, LIVE_CAP - (c - longest_ec)) end
+  if n - longest_en + req > LIVE_CAP then req = math.max(0, LIVE_CAP - (n - longest_en)) end
+end
+
 if write and (req > 0 or tok > 0) then
   changed = true
+  if n + req > REBASE_AT or c + tok > REBASE_AT then
+    -- Renumber from zero: drop every expired entry, then subtract the totals it leaves behind
+    -- from each live one. Rare (once per REBASE_AT - LIVE_CAP tokens), so its O(window) is
+    -- amortized away.
+    if longest_expired > 0 then
+      bn, bc = longest_en, longest_ec
+      redis.call('ZREMRANGEBYRANK', log, 0, longest_expired - 1)
+      longest_expired = 0
+    end
+    local live = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
+    redis.call('DEL', log)
+    for i = 1, #live, 2 do
+      local rn, rc = parse(live[i])
+      redis.call('ZADD', log, live[i + 1], string.format('%015d:%015d', rn - bn, rc - bc))
+    end
+    n, c, bn, bc = n - bn, c - bc, 0, 0
+  end
   n, c = n + req, c + tok
-  dr, dt = dr + req, dt + tok
+  dr, dt = math.min(DAY_CAP, dr + req), math.min(DAY_CAP, dt + tok)
   redis.call('ZADD', log, now, string.format('%015d:%015d', n, c))
   last_write = now
   -- Trim a bounded number of expired entries, remembering the totals of the last one.

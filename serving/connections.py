@@ -1,0 +1,421 @@
+"""Bounds on what one connection may hold or take, for both services: a uvicorn protocol.
+
+uvicorn's httptools protocol bounds none of these: a header of any size or count is
+accumulated and handed to the app, a request head or body may trickle in forever (slowloris),
+a new connection that never sends a byte is never timed out (its keep-alive timer is only
+armed after a first response), ``limit_concurrency`` answers a plain-text 503 and logs every
+refusal, and only the last request parsed on a connection learns that its caller hung up (a
+pipelined request already running never does). ``BoundedProtocol`` adds each bound and
+answers in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from pydantic import Field
+from pydantic_settings import BaseSettings
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+log = logging.getLogger("serving.connections")
+
+LINGER_S = 1.0
+"""After a refusal, how long the caller's remaining bytes are read and dropped before closing, so
+the answer is not lost to a reset."""
+FILE_LIMIT_CAP = 1 << 20
+REFUSED_RETRY_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """Limits of one connection and of their number."""
+
+    max_header_bytes: int = 32_768
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 2048
+
+
+class ConnectionSettings(BaseSettings):
+    """The bounds as settings; both services' settings classes inherit them (and their prefix)."""
+
+    max_header_bytes: int = Field(
+        32_768, ge=1024, description="Largest request line plus headers, in bytes (431 above)."
+    )
+    max_headers: int = Field(100, ge=1, description="Most header fields in one request (431 above).")
+    header_timeout_s: float = Field(
+        10, gt=0, description="Longest time to receive a request's line and headers (408, then closed)."
+    )
+    body_timeout_s: float = Field(
+        30, gt=0, description="Longest time to receive a request's body once its headers are in (408)."
+    )
+    keep_alive_s: float = Field(
+        5, gt=0, description="Idle connections (no request yet, or between requests) are closed after this."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open connections at once; beyond, 503 with retry-after (capped below the process's "
+        "file limit, which is raised to its hard limit at start).",
+    )
+
+    def bounds(self, reserved_files: int = 64) -> Bounds:
+        """The bounds, with the connection count kept below the open-file limit."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        most = self.max_connections
+        if soft != resource.RLIM_INFINITY and most > soft - reserved_files:
+            most = max(1, soft - reserved_files)
+            log.warning(
+                "max connections lowered from %d to %d: the open-file limit is %d (%d kept for the "
+                "store, the upstream and logs)",
+                self.max_connections,
+                most,
+                soft,
+                reserved_files,
+            )
+        return Bounds(
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_s=self.keep_alive_s,
+            max_connections=most,
+        )
+
+
+def raise_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one (a default of 1,024 sockets is easy to
+    exhaust, and then the service is unreachable); the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FILE_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return int(soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return int(soft)
+    return int(target)
+
+
+def _error_response(status: int, message: str, code: str, extra: list[tuple[bytes, bytes]]) -> bytes:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    head = [
+        STATUS_LINE[status],
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n",
+    ]
+    head += [name + b": " + value + b"\r\n" for name, value in extra]
+    return b"".join([*head, b"\r\n", body])
+
+
+class _Burst:
+    """Refusals for the connection limit, logged once when they start and once when they end."""
+
+    __slots__ = ("refused", "since")
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.refused = 0
+
+    def refuse(self, open_now: int, limit: int) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "connection limit reached (%d open, limit %d): new connections get 503 until some close",
+                open_now,
+                limit,
+            )
+        self.refused += 1
+
+    def check_end(self, open_now: int, limit: int) -> None:
+        if self.since is not None and open_now < limit:
+            log.warning(
+                "connections back under the limit after %.1fs: %d refused with 503",
+                time.monotonic() - self.since,
+                self.refused,
+            )
+            self.since, self.refused = None, 0
+
+
+SWEEP_S = 0.25
+"""How often deadlines are checked: one timer per server instead of two per request."""
+
+
+class _Sweeper:
+    """Runs each connection's due deadline callback, every ``SWEEP_S`` while any connection is open."""
+
+    __slots__ = ("_handle", "_state")
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._handle: asyncio.TimerHandle | None = None
+
+    def ensure(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._handle is None:
+            self._handle = loop.call_later(SWEEP_S, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        now = time.monotonic()
+        for conn in list(self._state.connections):
+            if isinstance(conn, BoundedProtocol):
+                conn.check_deadline(now)
+        if self._state.connections:
+            self.ensure(loop)
+
+
+class _Shared:
+    """What the connections of one server share."""
+
+    __slots__ = ("burst", "sweeper")
+
+    def __init__(self, state: ServerState) -> None:
+        self.burst = _Burst()
+        self.sweeper = _Sweeper(state)
+
+
+_shared: weakref.WeakKeyDictionary[ServerState, _Shared] = weakref.WeakKeyDictionary()
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that is refused."""
+
+
+def _bounds_of(app: Any) -> Bounds:
+    """The ``bounds`` the service's app carries (uvicorn may have wrapped it in middleware)."""
+    for _ in range(8):
+        found = getattr(app, "bounds", None)
+        if isinstance(found, Bounds):
+            return found
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return Bounds()
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds of ``Bounds`` (pass as ``http=``)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.bounds = _bounds_of(self.app)
+        self.timeout_keep_alive = self.bounds.keep_alive_s
+        shared = _shared.get(server_state)
+        if shared is None:
+            shared = _shared[server_state] = _Shared(server_state)
+        self._burst = shared.burst
+        self._sweeper = shared.sweeper
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
+        self._running: RequestResponseCycle | None = None
+        self._over_limit = False
+        self._draining = False
+        self._refusal: tuple[int, str, str] | None = None
+        self._in_head = False
+        self._begins = 0
+        self._fed = 0
+        self._head_chunks = 0
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limit = self.bounds.max_connections
+        if len(self.connections) > limit:
+            # Answered at its first request (a reply before it would be lost to a reset).
+            self._over_limit = True
+            self._burst.refuse(len(self.connections), limit)
+        # uvicorn arms this only after a response: a connection that never sends would stay.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # uvicorn tells only the last request parsed; with pipelining the one running is another.
+        for cycle in (self._running, *(c for c, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._cancel_timer()
+        super().connection_lost(exc)
+        self._burst.check_end(len(self.connections), self.bounds.max_connections)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return
+        self._unset_keepalive_if_required()
+        began, in_head = self._begins, self._in_head
+        self._fed = len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._refusal is not None:
+                self._refuse(*self._refusal)
+                return
+            self._invalid()
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            self._invalid()
+            return
+        # A header still arriving is only seen by the parser: count whole chunks of a head
+        # that began before this one (bounded by the limit plus one read).
+        if in_head and self._in_head and self._begins == began:
+            self._head_chunks += len(data)
+            if self._head_chunks > self.bounds.max_header_bytes:
+                self._refuse(*self._too_large())
+
+    def _invalid(self) -> None:
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    # -- parser callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begins += 1
+        self._in_head = True
+        self._head_chunks = 0
+        self._arm(self.bounds.header_timeout_s, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_timer()
+        # Checked once the head is complete (it is then in memory, bounded by the chunk check in
+        # data_received), and summed only when what was read for it could exceed the limit.
+        b = self.bounds
+        headers = self.headers
+        if len(headers) > b.max_headers or (
+            self._head_chunks + self._fed > b.max_header_bytes
+            and len(self.url) + sum(len(n) + len(v) + 4 for n, v in headers) > b.max_header_bytes
+        ):
+            self._abort(self._too_large())
+        if self._over_limit:
+            self._abort(
+                (
+                    503,
+                    "The server has too many open connections; retry after the indicated time.",
+                    "too_many_connections",
+                )
+            )
+        self._in_head = False
+        super().on_headers_complete()
+        self._arm(self.bounds.body_timeout_s, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        super().on_message_complete()
+
+    # -- refusals -------------------------------------------------------------------------------
+
+    def _too_large(self) -> tuple[int, str, str]:
+        b = self.bounds
+        return (
+            431,
+            f"Request header fields too large: at most {b.max_header_bytes} bytes in at most "
+            f"{b.max_headers} fields.",
+            "headers_too_large",
+        )
+
+    def _abort(self, refusal: tuple[int, str, str]) -> None:
+        self._refusal = refusal
+        raise _Refused
+
+    def _head_timed_out(self) -> None:
+        if self.flow is not None and self.flow.read_paused:
+            # We stopped reading (a pipelined request waits its turn): not the caller's delay.
+            self._arm(self.bounds.header_timeout_s, self._head_timed_out)
+            return
+        self._refuse(408, "The request's headers did not arrive in time.", "request_timeout")
+
+    def _body_timed_out(self) -> None:
+        if self.flow is not None and self.flow.read_paused:
+            self._arm(self.bounds.body_timeout_s, self._body_timed_out)
+            return
+        self._refuse(408, "The request's body did not arrive in time.", "request_timeout")
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        """Answer ``status`` (unless another answer is being written) and close the connection."""
+        self._cancel_timer()
+        if self.transport.is_closing() or self._draining:
+            return
+        running = self._running
+        if self._in_head or self._over_limit:
+            # A head refused: no app saw it; only an earlier answer still being written is in the way.
+            writing = running is not None and running.response_started and not running.response_complete
+        else:
+            # A body too slow: the app may have answered already (a 401 before reading it).
+            writing = self.cycle is not None and self.cycle.response_started
+        for cycle in (self.cycle, running):
+            # The app reading this request learns it is gone, and writes nothing more.
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        if not writing:
+            extra = []
+            if status == 503:
+                extra = [
+                    (b"retry-after", str(max(1, REFUSED_RETRY_MS // 1000)).encode()),
+                    (b"retry-after-ms", str(REFUSED_RETRY_MS).encode()),
+                ]
+            self.transport.write(_error_response(status, message, code, extra))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop parsing, half-close, drop what the caller still sends, close soon after."""
+        self._draining = True
+        self._unset_keepalive_if_required()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self._close)
+
+    def _close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._deadline = time.monotonic() + seconds
+        self._on_deadline = callback
+        self._sweeper.ensure(self.loop)
+
+    def _cancel_timer(self) -> None:
+        self._on_deadline = None
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweeper: run the armed callback once its deadline has passed."""
+        callback = self._on_deadline
+        if callback is not None and now >= self._deadline:
+            self._on_deadline = None
+            callback()
