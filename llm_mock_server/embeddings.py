@@ -1,0 +1,94 @@
+"""``POST /v1/embeddings``: deterministic unit vectors, the same input always giving the same one.
+
+A vector is drawn from a hash of (seed, model, input) at the model's native size; ``dimensions``
+keeps its first N components and normalises them again, as OpenAI's text-embedding-3 models
+shorten theirs. Components are float32 values (what base64 carries), so the float and base64
+forms of one answer hold the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from llm_mock_server.reply import Endpoint, Reply
+from openai_wire.embeddings import EmbeddingRequest, base64_vector
+from openai_wire.errors import APIError
+from ratelimit.cost import Operation
+
+NATIVE_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+DEFAULT_DIMENSIONS = 1536
+"""The size of a configured model the table does not know."""
+FIXED_SIZE = frozenset({"text-embedding-ada-002"})
+"""Models that refuse ``dimensions`` at OpenAI (only text-embedding-3 and later shorten)."""
+
+
+def native_dimensions(model: str) -> int:
+    return NATIVE_DIMENSIONS.get(model, DEFAULT_DIMENSIONS)
+
+
+@lru_cache(maxsize=1024)
+def _native(seed: int, model: str, item: str | tuple[int, ...]) -> tuple[float, ...]:
+    size = native_dimensions(model)
+    digest = hashlib.blake2b(repr((seed, model, item)).encode(), digest_size=32).digest()
+    raw = struct.unpack(f"<{size}i", hashlib.shake_256(digest).digest(4 * size))
+    return tuple(v / 2**31 for v in raw)
+
+
+def unit_vector(seed: int, model: str, item: str | Sequence[int], dimensions: int | None) -> list[float]:
+    """The embedding of one input: length 1 (to float32 precision), ``dimensions`` long."""
+    key = item if isinstance(item, str) else tuple(item)
+    values = _native(seed, model, key)[: dimensions or None]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    scaled = [v / norm for v in values]
+    # Round through float32, as the model's own output is.
+    return list(struct.unpack(f"<{len(scaled)}f", struct.pack(f"<{len(scaled)}f", *scaled)))
+
+
+class EmbeddingsEndpoint(Endpoint):
+    path = "/v1/embeddings"
+    operation = Operation.EMBEDDINGS
+    schema = EmbeddingRequest
+    azure_operation = "Embeddings_Create"
+
+    def check(self, body: EmbeddingRequest) -> None:
+        if body.dimensions is None:
+            return
+        if body.model in FIXED_SIZE:
+            raise APIError(
+                400, "This model does not support specifying dimensions.", param="dimensions", code=None
+            )
+        native = native_dimensions(body.model)
+        if body.dimensions > native:
+            raise APIError(
+                400,
+                f"Invalid value for 'dimensions' = {body.dimensions}. Must be less than or equal to "
+                f"{native} for {body.model}.",
+                param="dimensions",
+                code="invalid_value",
+            )
+
+    def reply(self, data: dict[str, Any], body: EmbeddingRequest, prompt_tokens: int) -> Reply:
+        rows = []
+        for index, item in enumerate(body.inputs()):
+            vector = unit_vector(self.seed, body.model, item, body.dimensions)
+            shown = json.dumps(base64_vector(vector)) if body.encoding_format == "base64" else _floats(vector)
+            rows.append(f'{{"object":"embedding","index":{index},"embedding":{shown}}}')
+        content = (
+            f'{{"object":"list","data":[{",".join(rows)}],"model":{json.dumps(body.model)},'
+            f'"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{prompt_tokens}}}}}'
+        )
+        return Reply(prompt_tokens, 0, body=content.encode())
+
+
+def _floats(vector: list[float]) -> str:
+    return "[" + ",".join(map(repr, vector)) + "]"
