@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from apim_server import logs, routes
 from apim_server.chat import chat_completions
 from apim_server.config import Settings
+from apim_server.cors import GatewayCORS
 from apim_server.gateway import Gateway
 from apim_server.openapi import install as install_openapi
 from openai_wire import errors
@@ -63,11 +64,18 @@ class GatewayApp:
     handler needs none of them: it answers every error itself in OpenAI's shape.
     """
 
-    def __init__(self, api: FastAPI, gateway: Gateway) -> None:
+    def __init__(self, api: FastAPI, gateway: Gateway, cors_origins: list[str] | None = None) -> None:
         self.api = api
         self.gateway = gateway
+        # CORS wraps everything (preflights never reach the routes); off, it costs nothing.
+        self.entry: Callable[[Scope, Receive, Send], Awaitable[None]] = (
+            GatewayCORS(self.route, cors_origins) if cors_origins else self.route
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.entry(scope, receive, send)
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
             request = Request(scope, receive, send)
             try:
@@ -105,4 +113,4 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     errors.install(api)
     routes.install(api)
     install_openapi(api, keys=bool(settings.api_keys))
-    return GatewayApp(api, gateway)
+    return GatewayApp(api, gateway, settings.cors_origins)

@@ -8,7 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
-from serving.settings import LogLevel, SecretList, SubWindowSeconds, TimeZoneName
+from serving.settings import CommaList, LogLevel, SecretList, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "APIM_"
 
@@ -33,6 +33,17 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated keys callers must present (`Authorization: Bearer KEY` or "
         "`api-key`) to use the gateway (empty = open to anyone who can reach it; a warning at start).",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated origins browsers may call the gateway from (`*` = any; empty = "
+        "no CORS). Preflights are answered and the rate-limit, queue and retry headers exposed.",
+    )
+    forward_mock_faults: bool = Field(
+        False,
+        description="Forward a caller's `x-mock-fault` header upstream: only for testing the gateway "
+        "against llm-mock (MOCK_ADMIN=true), never in production, where one caller's forced 429 would "
+        "pause every caller.",
     )
     rpm_limit: int = Field(60, ge=0, description="The upstream's requests per minute (0 = no limit).")
     tpm_limit: int = Field(60_000, ge=0, description="The upstream's tokens per minute (0 = no limit).")

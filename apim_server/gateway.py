@@ -78,6 +78,7 @@ class Gateway:
             settings.max_concurrency,
             settings.upstream_timeout_s,
             forward_caller_auth=not settings.api_keys,
+            forward_mock_faults=settings.forward_mock_faults,
         )
         self.caller_keys = CallerKeys(k.get_secret_value() for k in settings.api_keys)
         self.accounting = Accounting(

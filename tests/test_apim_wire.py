@@ -69,7 +69,7 @@ def test_usage_of_a_completion_body() -> None:
     assert usage_of(b'{"usage": null}') is None
 
 
-def test_caller_headers_forwarded_minus_hop_by_hop() -> None:
+def test_caller_headers_forwarded_by_the_allow_list() -> None:
     upstream = Upstream("http://127.0.0.1:9/v1", "", 4, 5)
     caller = [
         (b"host", b"gateway"),
@@ -85,9 +85,10 @@ def test_caller_headers_forwarded_minus_hop_by_hop() -> None:
         b"x-request-id": b"req_1",
         b"accept-encoding": b"identity",
         b"authorization": b"Bearer sk-caller",
-        b"x-mock-fault": b"500",
         b"user-agent": b"OpenAI/Python",
     }
+    testing = Upstream("http://127.0.0.1:9/v1", "", 4, 5, forward_mock_faults=True)
+    assert dict(testing.headers(caller, "req_1"))[b"x-mock-fault"] == b"500"
     keyed = dict(Upstream("http://127.0.0.1:9/v1", "sk-gateway", 4, 5).headers(caller, "req_2"))
     assert keyed[b"authorization"] == b"Bearer sk-gateway"
 
