@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from openai_wire.embeddings import TokenId
-from openai_wire.schemas import INT32_MAX, STRICT, Int, StreamOptions
+from openai_wire.schemas import INT32_MAX, STRICT, Int, StreamOptions, _integral
 from ratelimit.tokens import split_inputs
 
 DEFAULT_MAX_TOKENS = 16
 """OpenAI's default ``max_tokens`` for legacy completions (the API reference's)."""
 
-Prompt = str | list[str] | list[TokenId] | list[list[TokenId]]
+Prompt = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[TokenId], Field(min_length=1)]
+    | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+)
 
 
 class CompletionRequest(BaseModel):
@@ -25,9 +30,12 @@ class CompletionRequest(BaseModel):
     model: str = Field(min_length=1)
     prompt: Prompt
     # 0 is allowed at OpenAI (with ``echo``, a prompt-only answer).
-    max_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
-    n: Annotated[Int, Field(ge=1, le=128)] = 1
-    best_of: Annotated[Int, Field(ge=1, le=20)] | None = None
+    max_tokens: Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(_integral)] | None = None
+    # Bounds before the validator, or the schema loses them (as in ``schemas``).
+    n: Annotated[int, Field(ge=1, le=128), BeforeValidator(_integral)] = 1
+    # best_of below n, or with stream, is a 400 at OpenAI; here the larger of the two is generated
+    # (and charged) and streaming is allowed: a cross-field rule the schema could not state.
+    best_of: Annotated[int, Field(ge=1, le=20), BeforeValidator(_integral)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     echo: bool = False
@@ -37,26 +45,12 @@ class CompletionRequest(BaseModel):
     seed: Int | None = None
     user: str | None = None
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _not_empty(cls, value: Prompt) -> Prompt:
-        if isinstance(value, list) and not value:
+    def _not_empty(cls, value: Any) -> Any:
+        # Worded here; the types carry the same constraint for the schema.
+        if value == [] or (isinstance(value, list) and [] in value):
             raise ValueError("must not be an empty array")
-        return value
-
-    # Field validators, not a model validator: the error then names its parameter.
-    @field_validator("best_of")
-    @classmethod
-    def _best_of_covers_n(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and value < info.data.get("n", 1):
-            raise ValueError("must be greater than or equal to n")
-        return value
-
-    @field_validator("stream")
-    @classmethod
-    def _no_best_of_stream(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("best_of") not in (None, 1):
-            raise ValueError("cannot stream when best_of is greater than 1")
         return value
 
     @property

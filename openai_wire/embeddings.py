@@ -5,18 +5,28 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
-from openai_wire.schemas import INT32_MAX, STRICT, Int
+from openai_wire.schemas import INT32_MAX, STRICT, _integral
 from ratelimit.tokens import split_inputs
 
 MAX_INPUTS = 2048
 """Inputs one request may carry (OpenAI's and Azure OpenAI's cap)."""
+MAX_DIMENSIONS = 3072
+"""The largest embedding any served model has (text-embedding-3-large)."""
 
-TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
-EmbeddingInput = str | list[str] | list[TokenId] | list[list[TokenId]]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(_integral)]
+Text = Annotated[str, Field(min_length=1)]
+Tokens = Annotated[list[TokenId], Field(min_length=1)]
+# The constraints are in the types so that the schema states them; ``_not_empty`` words the errors.
+EmbeddingInput = (
+    Text
+    | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
+    | Tokens
+    | Annotated[list[Tokens], Field(min_length=1, max_length=MAX_INPUTS)]
+)
 
 
 class EmbeddingRequest(BaseModel):
@@ -27,22 +37,21 @@ class EmbeddingRequest(BaseModel):
     model: str = Field(min_length=1)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[Int, Field(ge=1)] | None = None
+    # The bounds before the validator, or the schema loses them (as in ``schemas``).
+    dimensions: Annotated[int, Field(ge=1, le=MAX_DIMENSIONS), BeforeValidator(_integral)] | None = None
     user: str | None = None
 
-    @field_validator("input")
+    @field_validator("input", mode="before")
     @classmethod
-    def _not_empty(cls, value: EmbeddingInput) -> EmbeddingInput:
+    def _not_empty(cls, value: Any) -> Any:
         # OpenAI refuses empty inputs: an empty string or array has no embedding.
-        if isinstance(value, str):
-            if not value:
-                raise ValueError("must not be an empty string")
+        if value in ("", []):
+            raise ValueError("must not be empty")
+        if not isinstance(value, list):
             return value
-        if not value:
-            raise ValueError("must not be an empty array")
-        if len(value) > MAX_INPUTS and not isinstance(value[0], int):
+        if len(value) > MAX_INPUTS and not all(isinstance(v, int) for v in value):
             raise ValueError(f"must hold at most {MAX_INPUTS} inputs (got {len(value)})")
-        if any(isinstance(item, str | list) and not item for item in value):
+        if any(item in ("", []) for item in value):
             raise ValueError("must not contain an empty string or an empty token array")
         return value
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
-from openai_wire.schemas import INT32_MAX, STRICT
+from openai_wire.schemas import INT32_MAX, STRICT, _integral
 
 MIN_OUTPUT_TOKENS = 16
 """OpenAI refuses a smaller ``max_output_tokens`` with a 400."""
@@ -37,7 +37,9 @@ class ResponsesRequest(BaseModel):
     model: str = Field(min_length=1)
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=MIN_OUTPUT_TOKENS, le=INT32_MAX)] | None = None
+    max_output_tokens: (
+        Annotated[int, Field(ge=MIN_OUTPUT_TOKENS, le=INT32_MAX), BeforeValidator(_integral)] | None
+    ) = None
     stream: bool = False
     store: bool | None = None
     previous_response_id: str | None = None
