@@ -1,9 +1,5 @@
-"""Azure OpenAI's side of the mock: its paths, and with ``MOCK_FLAVOR=azure`` its answers.
-
-Paths, as the SDK's ``AzureOpenAI`` client builds them:
-``/openai/deployments/{deployment}/{chat/completions|embeddings|completions}?api-version=...``
-(the deployment names the model: the body's ``model`` is ignored, as at Azure),
-``/openai/{responses|models}?api-version=...``, and the v1 API ``/openai/v1/...`` (no api-version).
+"""Azure OpenAI's side of the mock: its paths (``openai_wire.azure``) mapped onto the ``/v1``
+ones, and with ``MOCK_FLAVOR=azure`` its answers.
 
 The flavor's 429 body and headers follow what Azure OpenAI sends. Its message, word for word
 as Azure answers and Microsoft's Q&A quotes it: "Requests to the ChatCompletions_Create
@@ -15,17 +11,17 @@ https://aka.ms/oai/quotaincrease if you would like to further increase the defau
 "have exceeded call rate limit" when requests run out, with Embeddings_Create for embeddings
 (https://github.com/microsoft/PubSec-Info-Assistant/issues/479). ``Responses_Create`` is our
 name by the same pattern: no quoted message for the Responses API was found.
-RPM is 6 per 1,000 TPM and is enforced over 1 s or 10 s intervals at the pro-rated rate
+RPM is enforced over 1 s or 10 s intervals at the pro-rated rate
 (https://learn.microsoft.com/azure/ai-services/openai/how-to/quota, "Understanding rate limits").
 """
 
 from __future__ import annotations
 
 import math
-from urllib.parse import parse_qs, unquote
 
 from starlette.types import Scope
 
+from openai_wire import azure as wire
 from openai_wire.errors import APIError
 from ratelimit.limits import Decision, LimitState
 
@@ -33,13 +29,7 @@ DEPLOYMENT_KEY = "llm_mock.deployment"
 API_VERSION_KEY = "llm_mock.api_version"
 DEFAULT_API_VERSION = "2024-10-21"
 """What a 429 message names when the request did not say (a plain /v1 path)."""
-RPM_PER_1000_TPM = 6
 DEFAULT_SHORT_WINDOW_S = 10
-_DEPLOYMENT_OPERATIONS = {
-    "chat/completions": "/v1/chat/completions",
-    "embeddings": "/v1/embeddings",
-    "completions": "/v1/completions",
-}
 QUOTA_URL = "https://aka.ms/oai/quotaincrease"
 
 
@@ -50,35 +40,18 @@ class AzureError(APIError):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-def derived_rpm(tpm: int) -> int:
-    """Azure's RPM for a deployment of ``tpm`` tokens per minute."""
-    return tpm * RPM_PER_1000_TPM // 1000
-
-
 def route(scope: Scope) -> None:
     """Rewrite an Azure path in ``scope`` to the ``/v1`` path it stands for, noting the
-    deployment and api-version; other paths are left alone. A path Azure would not serve (a
-    deployment path without api-version) is left unrewritten, so it is a 404."""
-    path: str = scope["path"]
-    if not path.startswith("/openai/"):
+    deployment and api-version; other paths are left alone, and so is one Azure would not
+    serve (a deployment path without api-version): it is a 404."""
+    found = wire.route(scope["path"], scope.get("query_string", b""))
+    if found is None:
         return
-    rest = path[len("/openai/") :]
-    version = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api-version", [None])[0]
-    if rest.startswith("v1/"):
-        target, deployment = "/v1/" + rest[3:], None
-        version = version or "v1"
-    elif rest.startswith("deployments/"):
-        name, _, operation = rest[len("deployments/") :].partition("/")
-        target, deployment = _DEPLOYMENT_OPERATIONS.get(operation), unquote(name)
-    else:
-        target, deployment = "/v1/" + rest, None
-    if target is None or not version:
-        return
-    scope["path"] = target
-    scope["raw_path"] = target.encode()
-    scope[API_VERSION_KEY] = version
-    if deployment:
-        scope[DEPLOYMENT_KEY] = deployment
+    scope["path"] = found.path
+    scope["raw_path"] = found.path.encode()
+    scope[API_VERSION_KEY] = found.api_version
+    if found.deployment is not None:
+        scope[DEPLOYMENT_KEY] = found.deployment
 
 
 def deployment_not_found() -> AzureError:

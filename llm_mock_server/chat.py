@@ -12,16 +12,13 @@ from llm_mock_server.completion import (
     request_digest,
 )
 from llm_mock_server.reply import Endpoint, Reply
+from openai_wire.endpoints import CHAT
 from openai_wire.schemas import ChatCompletionRequest
 from openai_wire.sse import DONE, event
-from ratelimit.cost import Operation
 
 
 class ChatEndpoint(Endpoint):
-    path = "/v1/chat/completions"
-    operation = Operation.CHAT
-    schema = ChatCompletionRequest
-    azure_operation = "ChatCompletions_Create"
+    api = CHAT
 
     def reply(self, data: dict[str, Any], body: ChatCompletionRequest, prompt_tokens: int) -> Reply:
         model = body.model

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llm_mock_server.azure import DEFAULT_SHORT_WINDOW_S, derived_rpm
+from llm_mock_server.azure import DEFAULT_SHORT_WINDOW_S
+from openai_wire.azure import derived_rpm
 from ratelimit.cost import CostRule
 from serving import settings as settings_doc
 from serving.settings import CommaList, LogLevel, SubWindowSeconds, TimeZoneName

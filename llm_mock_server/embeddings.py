@@ -18,8 +18,8 @@ from typing import Any
 
 from llm_mock_server.reply import Endpoint, Reply
 from openai_wire.embeddings import EmbeddingRequest, base64_vector
+from openai_wire.endpoints import EMBEDDINGS
 from openai_wire.errors import APIError
-from ratelimit.cost import Operation
 
 NATIVE_DIMENSIONS = {
     "text-embedding-3-small": 1536,
@@ -55,10 +55,7 @@ def unit_vector(seed: int, model: str, item: str | Sequence[int], dimensions: in
 
 
 class EmbeddingsEndpoint(Endpoint):
-    path = "/v1/embeddings"
-    operation = Operation.EMBEDDINGS
-    schema = EmbeddingRequest
-    azure_operation = "Embeddings_Create"
+    api = EMBEDDINGS
 
     def check(self, body: EmbeddingRequest) -> None:
         if body.dimensions is None:

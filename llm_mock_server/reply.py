@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from llm_mock_server.rejections import model_not_found, unsupported_model
+from openai_wire.endpoints import ApiEndpoint
 from ratelimit.cost import Operation
 
 
@@ -37,16 +38,28 @@ class Reply:
 class Endpoint:
     """One POST endpoint: its path, schema, the models it serves and its answers."""
 
-    path: ClassVar[str]
-    operation: ClassVar[Operation]
-    schema: ClassVar[type[BaseModel]]
-    azure_operation: ClassVar[str]
-    """How Azure OpenAI names the operation in its 429 messages (``ChatCompletions_Create``)."""
+    api: ClassVar[ApiEndpoint]
 
     def __init__(self, models: Sequence[str], other_models: Sequence[str], seed: int) -> None:
         self.models = frozenset(models)
         self.other_models = frozenset(other_models)
         self.seed = seed
+
+    @property
+    def path(self) -> str:
+        return self.api.path
+
+    @property
+    def operation(self) -> Operation:
+        return self.api.operation
+
+    @property
+    def schema(self) -> type[BaseModel]:
+        return self.api.schema
+
+    @property
+    def azure_operation(self) -> str:
+        return self.api.azure_operation
 
     def check_model(self, model: str) -> None:
         if model in self.models:

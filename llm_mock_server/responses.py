@@ -14,10 +14,10 @@ from typing import Any
 from llm_mock_server.completion import Choice, generate, request_digest
 from llm_mock_server.reply import Endpoint, Reply
 from openai_wire import responses as events
+from openai_wire.endpoints import RESPONSES
 from openai_wire.errors import APIError
 from openai_wire.responses import ResponsesRequest
 from openai_wire.sse import named_event
-from ratelimit.cost import Operation
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -101,10 +101,7 @@ class ResponseWriter:
 
 
 class ResponsesEndpoint(Endpoint):
-    path = "/v1/responses"
-    operation = Operation.RESPONSES
-    schema = ResponsesRequest
-    azure_operation = "Responses_Create"
+    api = RESPONSES
 
     def check(self, body: ResponsesRequest) -> None:
         if body.previous_response_id is not None:

@@ -38,6 +38,7 @@ from llm_mock_server.reply import Endpoint, Reply
 from llm_mock_server.responses import ResponsesEndpoint
 from llm_mock_server.text_completions import TextCompletionsEndpoint
 from openai_wire.content_type import check_content_type
+from openai_wire.endpoints import CHAT
 from openai_wire.errors import APIError
 from openai_wire.headers import ratelimit_headers
 from ratelimit.cost import CostEstimator
@@ -143,7 +144,7 @@ class MockService:
         return handle
 
     async def chat(self, request: Request) -> Response:
-        return await self.serve(request, self.endpoints[ChatEndpoint.path])
+        return await self.serve(request, self.endpoints[CHAT.path])
 
     async def serve(self, request: Request, endpoint: Endpoint) -> Response:
         self.metrics.totals.requests += 1

@@ -10,8 +10,8 @@ from typing import Any
 from llm_mock_server.completion import SYSTEM_FINGERPRINT, Choice, generate, request_digest
 from llm_mock_server.reply import Endpoint, Reply
 from openai_wire.completions import DEFAULT_MAX_TOKENS, CompletionRequest
+from openai_wire.endpoints import COMPLETIONS
 from openai_wire.sse import DONE, event
-from ratelimit.cost import Operation
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -23,10 +23,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 class TextCompletionsEndpoint(Endpoint):
-    path = "/v1/completions"
-    operation = Operation.COMPLETIONS
-    schema = CompletionRequest
-    azure_operation = "Completions_Create"
+    api = COMPLETIONS
 
     def reply(self, data: dict[str, Any], body: CompletionRequest, prompt_tokens: int) -> Reply:
         model = body.model
