@@ -54,6 +54,17 @@ def route(scope: Scope) -> None:
         scope[DEPLOYMENT_KEY] = found.deployment
 
 
+def access_denied(_: str | None = None) -> AzureError:
+    """Azure's 401 for a missing or wrong ``api-key``, in its words as users quote it (e.g.
+    https://github.com/openai/openai-python/issues/3282)."""
+    return AzureError(
+        401,
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid "
+        "key for an active subscription and use a correct regional API endpoint for your resource.",
+        code="401",
+    )
+
+
 def deployment_not_found() -> AzureError:
     return AzureError(
         404,

@@ -28,6 +28,7 @@ from llm_mock_server.faults import FAULT_HEADER, DropConnection, Fault, FaultPic
 from llm_mock_server.logs import REQUEST_LOGGER
 from llm_mock_server.metrics import CLIENT_CLOSED, Metrics
 from llm_mock_server.rejections import (
+    invalid_key,
     model_not_found,
     rate_limited,
     server_error,
@@ -93,7 +94,9 @@ class MockService:
     def __init__(self, settings: MockSettings, limiter: Limiter) -> None:
         self.settings = settings
         self.limiter = limiter
-        self.auth = KeyCheck(settings.api_keys)
+        self.auth = KeyCheck(
+            settings.api_keys, azure.access_denied if settings.flavor == "azure" else invalid_key
+        )
         self.models = frozenset(settings.models)
         self.azure = settings.flavor == "azure"
         text, embedding = settings.models, settings.embedding_models

@@ -191,6 +191,20 @@ def test_azure_token_rate_429_names_the_operation(flavored_client: openai.AzureO
     assert int(match["seconds"]) > 10
 
 
+def test_azure_refuses_a_wrong_key_in_its_words(flavored: Service) -> None:
+    wrong = openai.AzureOpenAI(
+        azure_endpoint=flavored.url, api_version=API_VERSION, api_key="no", max_retries=0
+    )
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert caught.value.body == {
+        "code": "401",
+        "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+        "provide a valid key for an active subscription and use a correct regional API endpoint for your "
+        "resource.",
+    }
+
+
 def test_azure_forced_429_and_v1_path_version(flavored: Service, flavored_client: openai.AzureOpenAI) -> None:
     answer = httpx.post(
         f"{flavored.url}/openai/v1/completions",
@@ -203,3 +217,15 @@ def test_azure_forced_429_and_v1_path_version(flavored: Service, flavored_client
     assert match
     assert match["op"] == "Completions_Create"
     assert match["version"] == "v1"
+
+
+def test_too_large_is_refused_at_once_in_both_flavors(flavored_client: openai.AzureOpenAI) -> None:
+    # An input above the whole TPM can never fit: OpenAI's "Request too large" (not Azure's
+    # "retry after", which would make a client or gateway wait for nothing), never retried.
+    with pytest.raises(openai.RateLimitError) as caught:
+        flavored_client.embeddings.create(model="text-embedding-3-small", input=" ".join(["word"] * 1200))
+    assert (
+        caught.value.message.startswith("Error code: 429 - ") or "Request too large" in caught.value.message
+    )
+    assert "Request too large" in str(caught.value.body)
+    assert caught.value.response.headers["x-should-retry"] == "false"
