@@ -31,6 +31,7 @@ from openai.types.responses import (
 from openai_wire.sse import parse_event
 from ratelimit.tokens import TokenCounter
 from tests.processes import Service, running
+from tests.test_mock_accounting import mock as in_process
 
 EMBEDDING = "text-embedding-3-small"
 MODEL = "gpt-4o-mini"
@@ -397,3 +398,37 @@ def test_forced_faults_on_the_new_endpoints(mock: Service, client: openai.OpenAI
 def test_other_methods_on_the_new_paths_are_405s(mock: Service) -> None:
     for path in ("/v1/embeddings", "/v1/responses", "/v1/completions"):
         assert httpx.get(f"{mock.url}{path}", timeout=5).status_code == 405
+
+
+# --- paced answers (MOCK_TTFT_MS, MOCK_TOKENS_PER_S) ----------------------------------------
+
+
+async def _events(client: httpx.AsyncClient, path: str, body: dict[str, object]) -> list[dict]:
+    async with client.stream("POST", path, json=body) as answer:
+        assert answer.status_code == 200
+        frames = (await answer.aread()).split(b"\n\n")
+    return [e for e in (parse_event(f) for f in frames if f) if e is not None]
+
+
+def _text(events: list[dict]) -> str:
+    parts = [e.get("delta", "") for e in events if e.get("type") == "response.output_text.delta"]
+    parts += [c["text"] for e in events for c in e.get("choices", [])]
+    return "".join(parts)
+
+
+async def test_paced_streams_carry_the_same_events() -> None:
+    responses = {"model": MODEL, "input": "Pace me.", "max_output_tokens": 20, "stream": True}
+    legacy = {"model": MODEL, "prompt": "Pace me.", "max_tokens": 12, "stream": True, "n": 2}
+    async with in_process() as instant:
+        fast = await _events(instant, "/v1/responses", responses)
+        fast_legacy = await _events(instant, "/v1/completions", legacy)
+    async with in_process(ttft_ms=20, tokens_per_s=2000) as paced:
+        slow = await _events(paced, "/v1/responses", responses)
+        slow_legacy = await _events(paced, "/v1/completions", legacy)
+    assert [e["type"] for e in slow] == [e["type"] for e in fast]
+    assert [e["sequence_number"] for e in slow] == list(range(len(fast)))
+    assert _text(slow) == _text(fast) != ""
+    assert _text(slow_legacy) == _text(fast_legacy) != ""
+    assert [c["index"] for e in slow_legacy for c in e["choices"]] == [
+        c["index"] for e in fast_legacy for c in e["choices"]
+    ]
