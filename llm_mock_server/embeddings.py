@@ -20,6 +20,7 @@ from llm_mock_server.reply import Endpoint, Reply
 from openai_wire.embeddings import EmbeddingRequest, base64_vector
 from openai_wire.endpoints import EMBEDDINGS
 from openai_wire.errors import APIError
+from ratelimit.tokens import TokenCounter
 
 NATIVE_DIMENSIONS = {
     "text-embedding-3-small": 1536,
@@ -30,6 +31,8 @@ DEFAULT_DIMENSIONS = 1536
 """The size of a configured model the table does not know."""
 FIXED_SIZE = frozenset({"text-embedding-ada-002"})
 """Models that refuse ``dimensions`` at OpenAI (only text-embedding-3 and later shorten)."""
+MAX_INPUT_TOKENS = 8192
+"""The context of OpenAI's embedding models: a longer input is a 400, not a truncation."""
 
 
 def native_dimensions(model: str) -> int:
@@ -57,7 +60,28 @@ def unit_vector(seed: int, model: str, item: str | Sequence[int], dimensions: in
 class EmbeddingsEndpoint(Endpoint):
     api = EMBEDDINGS
 
+    def __init__(
+        self,
+        models: Sequence[str],
+        other_models: Sequence[str],
+        seed: int,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        super().__init__(models, other_models, seed)
+        self.counter = counter or TokenCounter()
+
     def check(self, body: EmbeddingRequest) -> None:
+        for item in body.inputs():
+            tokens = self.counter.count_inputs(item, body.model)
+            if tokens > MAX_INPUT_TOKENS:
+                raise APIError(
+                    400,
+                    f"This model's maximum context length is {MAX_INPUT_TOKENS} tokens, however you "
+                    f"requested {tokens} tokens ({tokens} in your prompt; 0 for the completion). Please "
+                    "reduce your prompt; or completion length.",
+                    param=None,
+                    code=None,
+                )
         if body.dimensions is None:
             return
         if body.model in FIXED_SIZE:

@@ -100,17 +100,17 @@ class MockService:
         self.models = frozenset(settings.models)
         self.azure = settings.flavor == "azure"
         text, embedding = settings.models, settings.embedding_models
+        self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
         self.endpoints: dict[str, Endpoint] = {
             e.path: e
             for e in (
                 ChatEndpoint(text, embedding, settings.seed),
-                EmbeddingsEndpoint(embedding, text, settings.seed),
+                EmbeddingsEndpoint(embedding, text, settings.seed, self.estimator.counter),
                 ResponsesEndpoint(text, embedding, settings.seed),
                 TextCompletionsEndpoint(text, embedding, settings.seed),
             )
         }
         self.all_models = [*text, *(m for m in embedding if m not in self.models)]
-        self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
         self.faults = FaultPicker(settings)
         self.metrics = Metrics(self.all_models)
         self.ttft_s = settings.ttft_ms / 1000

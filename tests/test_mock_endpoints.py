@@ -157,6 +157,17 @@ def test_bad_inputs_are_400s_that_cost_nothing(
     assert answer.headers["x-ratelimit-remaining-requests"] == str(RPM)
 
 
+def test_an_input_beyond_the_context_is_a_400_that_costs_nothing(
+    mock: Service, client: openai.OpenAI
+) -> None:
+    fits = client.embeddings.create(model=EMBEDDING, input=[1] * 8192, encoding_format="float")
+    assert fits.usage.prompt_tokens == 8192
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model=EMBEDDING, input=[[1] * 10, [1] * 8193])
+    assert "maximum context length is 8192 tokens, however you requested 8193 tokens" in caught.value.message
+    assert caught.value.response.headers["x-ratelimit-remaining-requests"] == str(RPM - 1)
+
+
 def test_embedding_model_on_chat_and_chat_model_on_embeddings(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as chat:
         client.chat.completions.create(model=EMBEDDING, messages=[{"role": "user", "content": "hi"}])
