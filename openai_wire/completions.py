@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
-from openai_wire.embeddings import TokenId
+from openai_wire.embeddings import TokenId, one_shape
 from openai_wire.schemas import INT32_MAX, STRICT, Int, StreamOptions, _integral
 from ratelimit.tokens import split_inputs
 
@@ -51,7 +51,7 @@ class CompletionRequest(BaseModel):
         # Worded here; the types carry the same constraint for the schema.
         if value == [] or (isinstance(value, list) and [] in value):
             raise ValueError("must not be an empty array")
-        return value
+        return one_shape(value)
 
     @property
     def include_usage(self) -> bool:

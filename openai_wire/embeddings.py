@@ -29,6 +29,22 @@ EmbeddingInput = (
 )
 
 
+SHAPES = "a string, a list of strings, an array of token ids or a list of such arrays"
+
+
+def one_shape(value: Any) -> Any:
+    """Refuse, in words, an input that is none of the four shapes (the union's own error names
+    its internal members); the types then check the items."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"must be {SHAPES}")
+    kinds = {"text" if isinstance(v, str) else "array" if isinstance(v, list) else "token" for v in value}
+    if len(kinds) > 1:
+        raise ValueError(f"must be {SHAPES}, not a mix of them")
+    return value
+
+
 class EmbeddingRequest(BaseModel):
     """``POST /v1/embeddings``: a string, a list of strings, a token array or a list of them."""
 
@@ -48,12 +64,12 @@ class EmbeddingRequest(BaseModel):
         if value in ("", []):
             raise ValueError("must not be empty")
         if not isinstance(value, list):
-            return value
+            return one_shape(value)
         if len(value) > MAX_INPUTS and not all(isinstance(v, int) for v in value):
             raise ValueError(f"must hold at most {MAX_INPUTS} inputs (got {len(value)})")
         if any(item in ("", []) for item in value):
             raise ValueError("must not contain an empty string or an empty token array")
-        return value
+        return one_shape(value)
 
     def inputs(self) -> list[str | Sequence[int]]:
         """Each input on its own: one embedding is answered per item."""

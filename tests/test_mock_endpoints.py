@@ -144,7 +144,15 @@ def test_lists_of_strings_and_token_arrays(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(
     ("value", "words"),
-    [("", "empty"), ([], "empty"), (["ok", ""], "empty"), (["x"] * 2049, "2048"), ([1, -2], "input")],
+    [
+        ("", "empty"),
+        ([], "empty"),
+        (["ok", ""], "empty"),
+        (["x"] * 2049, "2048"),
+        ([1, -2], "input"),
+        (["text", [1, 2]], "not a mix"),
+        (5, "a list of strings"),
+    ],
 )
 def test_bad_inputs_are_400s_that_cost_nothing(
     mock: Service, client: openai.OpenAI, value: object, words: str
