@@ -94,11 +94,9 @@ class MockService:
     def __init__(self, settings: MockSettings, limiter: Limiter) -> None:
         self.settings = settings
         self.limiter = limiter
-        self.auth = KeyCheck(
-            settings.api_keys, azure.access_denied if settings.flavor == "azure" else invalid_key
-        )
-        self.models = frozenset(settings.models)
         self.azure = settings.flavor == "azure"
+        self.auth = KeyCheck(settings.api_keys, azure.access_denied if self.azure else invalid_key)
+        self.models = frozenset(settings.models)
         text, embedding = settings.models, settings.embedding_models
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
         self.endpoints: dict[str, Endpoint] = {
