@@ -39,10 +39,10 @@ def native_dimensions(model: str) -> int:
     return NATIVE_DIMENSIONS.get(model, DEFAULT_DIMENSIONS)
 
 
-@lru_cache(maxsize=1024)
-def _native(seed: int, model: str, item: str | tuple[int, ...]) -> tuple[float, ...]:
-    size = native_dimensions(model)
-    digest = hashlib.blake2b(repr((seed, model, item)).encode(), digest_size=32).digest()
+# A native vector of 3,072 floats is ~100 KB as a tuple: a small cache, keyed by a digest so
+# that long inputs are not kept alive as keys.
+@lru_cache(maxsize=128)
+def _native(digest: bytes, size: int) -> tuple[float, ...]:
     raw = struct.unpack(f"<{size}i", hashlib.shake_256(digest).digest(4 * size))
     return tuple(v / 2**31 for v in raw)
 
@@ -50,7 +50,8 @@ def _native(seed: int, model: str, item: str | tuple[int, ...]) -> tuple[float, 
 def unit_vector(seed: int, model: str, item: str | Sequence[int], dimensions: int | None) -> list[float]:
     """The embedding of one input: length 1 (to float32 precision), ``dimensions`` long."""
     key = item if isinstance(item, str) else tuple(item)
-    values = _native(seed, model, key)[: dimensions or None]
+    digest = hashlib.blake2b(repr((seed, model, key)).encode(), digest_size=32).digest()
+    values = _native(digest, native_dimensions(model))[: dimensions or None]
     norm = math.sqrt(sum(v * v for v in values)) or 1.0
     scaled = [v / norm for v in values]
     # Round through float32, as the model's own output is.
