@@ -2,20 +2,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Running needs the package alone; tests, benchmarks and lint need the dev extra too.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint install clean
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
 ## Start the mock LLM on :8000 and the gateway on :8001 in the foreground; Ctrl-C stops both.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@$(BIN)/llm-mock & mock=$$!; \
 	APIM_UPSTREAM_URL=$${APIM_UPSTREAM_URL:-http://127.0.0.1:8000/v1} $(BIN)/apim & apim=$$!; \
 	trap 'kill -TERM $$mock $$apim 2>/dev/null; wait $$mock $$apim; exit 0' INT TERM; \

@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from apim_server import logs, routes
 from apim_server.chat import chat_completions
 from apim_server.config import Settings
+from apim_server.cors import GatewayCORS
 from apim_server.gateway import Gateway
 from apim_server.openapi import install as install_openapi
 from openai_wire import errors
@@ -64,13 +65,22 @@ class GatewayApp:
     handler needs none of them: it answers every error itself in OpenAI's shape.
     """
 
-    def __init__(self, api: FastAPI, gateway: Gateway, bounds: Bounds) -> None:
+    def __init__(
+        self, api: FastAPI, gateway: Gateway, bounds: Bounds, cors_origins: list[str] | None = None
+    ) -> None:
         self.api = api
         self.gateway = gateway
         # Read by serving.connections.BoundedProtocol, uvicorn's protocol for this app.
         self.bounds = bounds
+        # CORS wraps everything (preflights never reach the routes); off, it costs nothing.
+        self.entry: Callable[[Scope, Receive, Send], Awaitable[None]] = (
+            GatewayCORS(self.route, cors_origins) if cors_origins else self.route
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.entry(scope, receive, send)
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
             request = Request(scope, receive, send)
             try:
@@ -110,4 +120,4 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     install_openapi(api, keys=bool(settings.api_keys))
     # The forwarding pool and the store need files of their own besides callers' sockets.
     bounds = settings.bounds(reserved_files=64 + settings.max_concurrency)
-    return GatewayApp(api, gateway, bounds)
+    return GatewayApp(api, gateway, bounds, settings.cors_origins)

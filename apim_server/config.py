@@ -9,7 +9,7 @@ from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
 from serving.connections import ConnectionSettings
-from serving.settings import LogLevel, RedisURL, SecretList, SubWindowSeconds, TimeZoneName
+from serving.settings import CommaList, LogLevel, RedisURL, SecretList, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "APIM_"
 
@@ -39,6 +39,17 @@ class Settings(ConnectionSettings):
         SecretStr(""),
         description="Key that `/status` and `/metrics` require as `Authorization: Bearer KEY` (empty = "
         "open; `/healthz` and `/readyz` are always open).",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated origins browsers may call the gateway from (`*` = any; empty = "
+        "no CORS). Preflights are answered and the rate-limit, queue and retry headers exposed.",
+    )
+    forward_mock_faults: bool = Field(
+        False,
+        description="Forward a caller's `x-mock-fault` header upstream: only for testing the gateway "
+        "against llm-mock (MOCK_ADMIN=true), never in production, where one caller's forced 429 would "
+        "pause every caller.",
     )
     rpm_limit: int = Field(60, ge=0, description="The upstream's requests per minute (0 = no limit).")
     tpm_limit: int = Field(60_000, ge=0, description="The upstream's tokens per minute (0 = no limit).")

@@ -77,6 +77,7 @@ class Gateway:
             settings.max_concurrency,
             settings.upstream_timeout_s,
             forward_caller_auth=not settings.api_keys,
+            forward_mock_faults=settings.forward_mock_faults,
         )
         # Whatever the upstream echoes of our key never reaches a caller.
         self.redactor = Redactor([settings.upstream_api_key.get_secret_value()])

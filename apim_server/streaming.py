@@ -1,10 +1,13 @@
-"""Reading an SSE stream as it passes: the usage it ends with, and that chunk's removal."""
+"""Reading an SSE stream as it passes: the usage it ends with (a chat or completions usage
+chunk, or a Responses API final event), and a usage-only chunk's removal."""
 
 from __future__ import annotations
 
 import json
 import re
 from typing import Any
+
+from openai_wire.responses import FINAL_EVENTS, usage_of
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 
@@ -72,8 +75,21 @@ class UsageTap:
                     payload = json.loads(line[5:])
                 except ValueError:
                     return None
-                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                if not isinstance(payload, dict):
+                    return None
+                if isinstance(payload.get("usage"), dict):
                     self.usage = payload["usage"]
                     return payload
+                if payload.get("type") in FINAL_EVENTS:
+                    # A Responses API stream ends with the whole response, its usage inside. That
+                    # event is the stream's end, never a usage-only chunk to strip.
+                    counts = usage_of(payload)
+                    if counts is not None:
+                        prompt, output = counts
+                        self.usage = {
+                            "prompt_tokens": prompt,
+                            "completion_tokens": output,
+                            "total_tokens": prompt + output,
+                        }
                 return None
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from http.cookiejar import CookieJar
 from typing import Any
 
@@ -14,26 +14,25 @@ import httpx
 from apim_server.transport import LeanTransport
 from openai_wire.headers import parse_go_duration
 
-# Caller headers that describe the caller's hop, not the request: never forwarded.
-_HOP = frozenset(
+# Caller headers that go upstream: content negotiation and what the official SDKs send. Every
+# other header stays here: hop-by-hop ones (connection, keep-alive, te, trailer,
+# transfer-encoding, upgrade, expect, proxy-*), the caller's network path (forwarded,
+# x-forwarded-*, via), cookies, our own x-apim-*, and test controls such as x-mock-fault (one
+# caller's forced 429 would pause every caller). The request id is ours (``headers``).
+_FORWARDED = frozenset(
     {
-        b"host",
-        b"content-length",
-        b"connection",
-        b"keep-alive",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"expect",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"accept-encoding",
-        b"cookie",
-        b"x-request-id",
-        b"x-apim-priority",
+        b"accept",
+        b"content-type",
+        b"user-agent",
+        b"openai-beta",
+        b"idempotency-key",
+        b"x-client-request-id",
     }
 )
+_SDK_PREFIX = b"x-stainless-"
+MOCK_FAULT = b"x-mock-fault"
+# The caller's organization and project belong with the caller's key, never with ours.
+_CALLER_ACCOUNT = frozenset({b"openai-organization", b"openai-project"})
 _CREDENTIALS = frozenset({b"authorization", b"api-key"})
 _PASSED_BACK = frozenset({"content-type", "retry-after", "retry-after-ms"})
 DEFAULT_429_WAIT_S = 1.0
@@ -57,6 +56,7 @@ class Upstream:
         max_concurrency: int,
         timeout_s: float,
         forward_caller_auth: bool = True,
+        forward_mock_faults: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.chat_url = httpx.URL(f"{self.base_url}/chat/completions")
@@ -65,6 +65,7 @@ class Upstream:
         # The caller's credentials go upstream only when they are meant for it: not when we send
         # our own key, and not when they are the caller's key for this gateway.
         self._drop_caller_auth = self._auth is not None or not forward_caller_auth
+        self._forwarded = _FORWARDED | {MOCK_FAULT} if forward_mock_faults else _FORWARDED
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         self._timeout = {"timeout": timeout.as_dict()}
         self.transport = LeanTransport(max_connections=max_concurrency)
@@ -82,22 +83,19 @@ class Upstream:
         """Whether requests carry the gateway's key (APIM_UPSTREAM_API_KEY) rather than the caller's."""
         return self._auth is not None
 
-    def headers(self, caller: Sequence[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
-        """The caller's headers minus hop-by-hop ones, plus our request id and credentials."""
+    def headers(self, caller: Iterable[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
+        """The caller's allowed headers (``_FORWARDED``), our request id and the credentials."""
         out = [(b"x-request-id", request_id.encode()), (b"accept-encoding", b"identity")]
         auth = self._auth
-        drop = self._drop_caller_auth
-        # Headers the caller's `Connection` names are hop-by-hop too (RFC 9110 7.6.1).
-        named = {
-            token.strip().lower()
-            for name, value in caller
-            if name == b"connection"
-            for token in value.split(b",")
-        }
+        callers_key = not self._drop_caller_auth
+        forwarded = self._forwarded
         for name, value in caller:
-            if name in _HOP or name in named or (drop and name in _CREDENTIALS):
-                continue
-            out.append((name, value))
+            if (
+                name in forwarded
+                or name.startswith(_SDK_PREFIX)
+                or (callers_key and (name in _CREDENTIALS or name in _CALLER_ACCOUNT))
+            ):
+                out.append((name, value))
         if auth is not None:
             out.append((b"authorization", auth))
         return out

@@ -12,7 +12,10 @@ Prints a markdown table of medians and the gateway/direct ratios.
 Load generator: ``wrk`` if installed (``apt-get install wrk``), else httpx in this process
 (then likely the bottleneck; the output says which one ran).
 
-    python bench/gateway_overhead.py [--duration 10] [--rounds 3] [--connections 64]
+``--cors`` adds a gateway with ``APIM_CORS_ORIGINS=*`` (requests without an Origin, as
+server-side clients send them) to measure what the CORS layer costs the hot path.
+
+    python bench/gateway_overhead.py [--duration 10] [--rounds 3] [--connections 64] [--cors]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from gateway_budget import HUGE, gateway, mock, redis_url, workdir
 
 def main() -> int:
     parser = load_options(__doc__, "target")
+    parser.add_argument("--cors", action="store_true", help="add a gateway with APIM_CORS_ORIGINS=*")
     args = parser.parse_args()
 
     generate = Generator(Path(workdir()), {})
@@ -40,6 +44,10 @@ def main() -> int:
             "direct to the mock": upstream.v1,
             "through the gateway (embedded store)": stack.enter_context(gateway(upstream, **HUGE)).v1,
         }
+        if args.cors:
+            targets["through the gateway (embedded store, CORS on)"] = stack.enter_context(
+                gateway(upstream, **HUGE, CORS_ORIGINS="*")
+            ).v1
         if redis:
             on_redis = {"REDIS_URL": redis, "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
             targets["through the gateway (Redis store)"] = stack.enter_context(

@@ -12,6 +12,7 @@ from time import perf_counter
 from fastapi import FastAPI, Request
 from starlette.types import Message, Receive, Scope, Send
 
+from llm_mock_server import azure
 from llm_mock_server.completion import vocabulary
 from llm_mock_server.config import MockSettings
 from llm_mock_server.faults import DROP_SCOPE_KEY, DROP_SENTINEL
@@ -28,16 +29,16 @@ from serving.urls import redacted
 
 log = logging.getLogger("llm_mock_server")
 
-CHAT_PATH = "/v1/chat/completions"
 STATIC_HEADERS = [(b"openai-organization", b"org-mock"), (b"openai-version", b"2020-10-01")]
 
 
 class MockApp:
     """The outermost ASGI layer, around the FastAPI app.
 
-    Adds ``x-request-id`` and ``openai-processing-ms`` to every answer, and turns a
-    deliberate drop into a closed socket: returning a value from an ASGI call makes uvicorn
-    close the connection without writing anything (see ``faults``).
+    Maps Azure OpenAI's paths onto the ``/v1`` ones (``azure.route``), serves the POST
+    endpoints without FastAPI's routing, adds ``x-request-id`` and ``openai-processing-ms`` to
+    every answer, and turns a deliberate drop into a closed socket: returning a value from an
+    ASGI call makes uvicorn close the connection without writing anything (see ``faults``).
     """
 
     def __init__(self, api: FastAPI, service: MockService, bounds: Bounds) -> None:
@@ -65,10 +66,12 @@ class MockApp:
                 ]
             await send(message)
 
-        if scope["path"] == CHAT_PATH and scope["method"] == "POST":
+        azure.route(scope)
+        endpoint = self.service.endpoints.get(scope["path"]) if scope["method"] == "POST" else None
+        if endpoint is not None:
             # The hot path skips FastAPI's middleware stack, which costs more than the
             # route's own work; the handler renders every error itself.
-            response = await self.service.chat(Request(scope, receive))
+            response = await self.service.serve(Request(scope, receive), endpoint)
             await response(scope, receive, send_with_ids)
         else:
             await self.api(scope, receive, send_with_ids)
@@ -103,6 +106,8 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
         name = encoding_name_for_model(model)
         encoding(name)
         vocabulary(name)
+    for model in settings.embedding_models:
+        encoding(encoding_name_for_model(model))
 
     service = MockService(settings, Limiter(limits, store, hash_keys=True))
 

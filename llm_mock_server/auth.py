@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.datastructures import Headers
 
 from llm_mock_server.rejections import invalid_key, mask_key
+from openai_wire.errors import APIError
 
 SHARED_KEY = "default"
 """The one budget of a mock without auth: OpenAI's limits belong to the account, not a key."""
@@ -16,8 +17,9 @@ SHARED_KEY = "default"
 class KeyCheck:
     """Accepts any request when no keys are configured, else only the configured keys."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str], refuse: Callable[[str | None], APIError] = invalid_key) -> None:
         self.keys = [k.encode() for k in keys]
+        self.refuse = refuse
 
     @property
     def enabled(self) -> bool:
@@ -43,7 +45,7 @@ class KeyCheck:
             if hmac.compare_digest(given, key):
                 match = key
         if match is None:
-            raise invalid_key(token)
+            raise self.refuse(token)
         return match.decode()
 
 

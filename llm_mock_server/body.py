@@ -1,4 +1,4 @@
-"""Reading a chat request body: size limit, content type, JSON, schema."""
+"""Reading a request body: size limit, content type, JSON, schema."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from openai_wire.errors import APIError
@@ -51,10 +51,13 @@ async def read_body(request: Request, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def parse(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
-    """The body as a dict (what cost and token counting read) and as the validated schema.
+def parse(
+    raw: bytes, schema: type[BaseModel] = ChatCompletionRequest, model: str | None = None
+) -> tuple[dict[str, Any], Any]:
+    """The body as a dict (what cost and token counting read) and as the validated ``schema``.
 
-    Errors are raised as FastAPI's ``RequestValidationError`` so the app's one handler
+    ``model`` replaces the body's own (an Azure deployment path names the model: Azure ignores
+    the body's). Errors are raised as FastAPI's ``RequestValidationError`` so the app's one handler
     renders them in OpenAI's shape.
     """
     try:
@@ -68,8 +71,10 @@ def parse(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
         raise APIError(400, TOO_DEEP, code="invalid_request") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_request")
+    if model is not None:
+        data["model"] = model
     try:
-        request = ChatCompletionRequest.model_validate(data)
+        request = schema.model_validate(data)
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
         raise RequestValidationError(errors) from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from llm_mock_server.azure import DEFAULT_SHORT_WINDOW_S
+from openai_wire.azure import derived_rpm
 from ratelimit.cost import CostRule
 from serving import settings as settings_doc
 from serving.connections import ConnectionSettings
@@ -14,6 +16,7 @@ from serving.settings import CommaList, LogLevel, RedisURL, SubWindowSeconds, Ti
 
 ENV_PREFIX = "MOCK_"
 DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4", "gpt-3.5-turbo"]
+DEFAULT_EMBEDDING_MODELS = ["text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"]
 
 Rate = Annotated[float, Field(ge=0, le=1)]
 
@@ -62,6 +65,16 @@ class MockSettings(ConnectionSettings):
     models: CommaList = Field(
         default_factory=lambda: list(DEFAULT_MODELS), description="Comma-separated model ids served."
     )
+    embedding_models: CommaList = Field(
+        default_factory=lambda: list(DEFAULT_EMBEDDING_MODELS),
+        description="Comma-separated embedding model ids served on /v1/embeddings.",
+    )
+    flavor: Literal["openai", "azure"] = Field(
+        "openai",
+        description="Answer as `openai` or as `azure` OpenAI does: Azure's 429 body and rate-limit headers, "
+        "RPM derived from TPM (6 per 1,000) unless MOCK_RPM_LIMIT is set, and RPM enforced over "
+        "10 s sub-windows unless MOCK_SHORT_WINDOW_S is set.",
+    )
     api_keys: CommaList = Field(
         default_factory=list,
         description="Comma-separated accepted API keys, each with its own limits "
@@ -92,6 +105,17 @@ class MockSettings(ConnectionSettings):
         if not value:
             raise ValueError("must name at least one model")
         return value
+
+    @model_validator(mode="after")
+    def _azure_defaults(self) -> MockSettings:
+        # Azure derives a deployment's RPM from its TPM and enforces it over short intervals;
+        # a setting given explicitly still wins.
+        if self.flavor == "azure":
+            if "rpm_limit" not in self.model_fields_set:
+                self.rpm_limit = derived_rpm(self.tpm_limit)
+            if "short_window_s" not in self.model_fields_set:
+                self.short_window_s = DEFAULT_SHORT_WINDOW_S
+        return self
 
     @model_validator(mode="after")
     def _rates_fit(self) -> MockSettings:

@@ -105,7 +105,39 @@ def _responses(settings: MockSettings) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def _chat(settings: MockSettings) -> dict[str, Any]:
+# (path, summary, operation id, request, answer, answer description, streams)
+_OPERATIONS = (
+    (
+        "/v1/embeddings",
+        "Create embeddings",
+        "create_embedding",
+        "EmbeddingRequest",
+        "EmbeddingList",
+        "One deterministic unit vector per input.",
+        False,
+    ),
+    (
+        "/v1/responses",
+        "Create a response",
+        "create_response",
+        "ResponsesRequest",
+        "Response",
+        "The response, or with `stream: true` its events (`response.created` ... `response.completed`).",
+        True,
+    ),
+    (
+        "/v1/completions",
+        "Create a completion (legacy)",
+        "create_completion",
+        "CompletionRequest",
+        "TextCompletion",
+        "The completion, or with `stream: true` `text_completion` chunks ending in `data: [DONE]`.",
+        True,
+    ),
+)
+
+
+def _errors(settings: MockSettings) -> dict[int, str]:
     errors = {
         400: "Invalid body, content type or header.",
         404: "Unknown model (`model_not_found`).",
@@ -116,6 +148,10 @@ def _chat(settings: MockSettings) -> dict[str, Any]:
     }
     if settings.api_keys:
         errors[401] = "Missing or unknown API key."
+    return errors
+
+
+def _fault_parameters(settings: MockSettings) -> list[dict[str, Any]]:
     parameters = []
     if settings.admin:
         parameters.append(
@@ -128,12 +164,28 @@ def _chat(settings: MockSettings) -> dict[str, Any]:
                 "schema": {"enum": [f.value for f in Fault]},
             }
         )
-    return wire.chat_operation(
-        errors,
-        parameters,
-        "OpenAI's chat completions. Limits are checked and consumed at admission, before the answer "
-        "exists; failed requests count, as at OpenAI.",
-    )
+    return parameters
+
+
+LIMITS_NOTE = (
+    "Limits are checked and consumed at admission, before the answer exists; failed requests count, "
+    "as at OpenAI."
+)
+
+
+def _posts(settings: MockSettings) -> dict[str, Any]:
+    errors, parameters = _errors(settings), _fault_parameters(settings)
+    paths = {
+        "/v1/chat/completions": {
+            "post": wire.chat_operation(errors, parameters, f"OpenAI's chat completions. {LIMITS_NOTE}")
+        }
+    }
+    for path, summary, operation_id, request, answer, described, streams in _OPERATIONS:
+        operation = wire.post_operation(
+            summary, operation_id, request, answer, described, errors, parameters, LIMITS_NOTE, streams
+        )
+        paths[path] = {"post": operation}
+    return paths
 
 
 def install(api: FastAPI, settings: MockSettings) -> None:
@@ -150,8 +202,14 @@ def install(api: FastAPI, settings: MockSettings) -> None:
                 operation = built["paths"].get(path, {}).get(method)
                 if operation is not None:
                     operation["parameters"] = [API_KEY_QUERY]
-            built["paths"]["/v1/chat/completions"] = {"post": _chat(settings)}
-            built.setdefault("components", {}).setdefault("schemas", {}).update(wire.components())
+            built["paths"].update(_posts(settings))
+            schemas = built.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(wire.components())
+            # The mock keeps no state: any previous_response_id is a 400 (see responses.py).
+            schemas["ResponsesRequest"]["properties"]["previous_response_id"] = {
+                "type": "null",
+                "description": "Not supported: the mock keeps no responses (any id is a 400).",
+            }
             api.openapi_schema = wire.openai_errors(built)
         return api.openapi_schema
 

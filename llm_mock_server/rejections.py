@@ -114,3 +114,14 @@ def server_error(status: int) -> APIError:
         type="server_error",
         code="internal_error",
     )
+
+
+def unsupported_model(model: str, path: str) -> APIError:
+    """A model the mock serves, but not on this endpoint (an embedding model asked to chat)."""
+    return APIError(
+        400,
+        f"The model `{model}` is not supported by the {path} endpoint.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_supported",
+    )

@@ -1,11 +1,13 @@
-"""The HTTP surface: chat completions, models, status, metrics, health and test control."""
+"""The HTTP surface: chat completions, embeddings, responses, legacy completions, models,
+status, metrics, health and test control. Every POST endpoint goes through one pipeline: the
+same auth, limits, faults, headers and accounting; an ``Endpoint`` only builds the answer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -16,32 +18,31 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from llm_mock_server import azure
 from llm_mock_server.auth import KeyCheck, key_label
 from llm_mock_server.body import parse, read_body
-from llm_mock_server.completion import (
-    Choice,
-    ChunkWriter,
-    completion_json,
-    generate,
-    new_completion_id,
-    request_digest,
-)
+from llm_mock_server.chat import ChatEndpoint
 from llm_mock_server.config import MockSettings
 from llm_mock_server.counting import CachedTokenCounter
+from llm_mock_server.embeddings import EmbeddingsEndpoint
 from llm_mock_server.faults import FAULT_HEADER, DropConnection, Fault, FaultPicker
 from llm_mock_server.logs import REQUEST_LOGGER
 from llm_mock_server.metrics import CLIENT_CLOSED, Metrics
 from llm_mock_server.rejections import (
+    invalid_key,
     model_not_found,
     rate_limited,
     server_error,
     short_name,
     too_large,
 )
+from llm_mock_server.reply import Endpoint, Reply
+from llm_mock_server.responses import ResponsesEndpoint
+from llm_mock_server.text_completions import TextCompletionsEndpoint
 from openai_wire.content_type import check_content_type
+from openai_wire.endpoints import CHAT
 from openai_wire.errors import APIError
 from openai_wire.headers import ratelimit_headers
-from openai_wire.sse import DONE, event
 from ratelimit.cost import CostEstimator
 from ratelimit.limiter import Limiter, status_limits
 from ratelimit.limits import Cost, Decision, LimitState
@@ -65,8 +66,9 @@ def _requested(state: LimitState, cost: Cost) -> int:
 
 @dataclass(slots=True)
 class Outcome:
-    """What the log line and the metrics say about one chat request."""
+    """What the log line and the metrics say about one request to a POST endpoint."""
 
+    operation: str = "chat"
     started: float = 0.0
     key: str = ""
     model: str | None = None
@@ -82,22 +84,10 @@ class Answer:
     """An admitted request and everything its answer is made of."""
 
     key: str
-    model: str
     cost: Cost
     admitted_at_ms: int
-    completion_id: str
-    choices: Sequence[Choice]
-    prompt_tokens: int
-    include_usage: bool
+    reply: Reply
     delay_s: float
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.tokens for c in self.choices)
-
-    @property
-    def longest(self) -> int:
-        return max(len(c.pieces) for c in self.choices)
 
 
 class MockService:
@@ -106,16 +96,28 @@ class MockService:
     def __init__(self, settings: MockSettings, limiter: Limiter) -> None:
         self.settings = settings
         self.limiter = limiter
-        self.auth = KeyCheck(settings.api_keys)
+        self.azure = settings.flavor == "azure"
+        self.auth = KeyCheck(settings.api_keys, azure.access_denied if self.azure else invalid_key)
         self.operator = OperatorKey(settings.operator_key.get_secret_value())
         self.models = frozenset(settings.models)
+        text, embedding = settings.models, settings.embedding_models
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
+        self.endpoints: dict[str, Endpoint] = {
+            e.path: e
+            for e in (
+                ChatEndpoint(text, embedding, settings.seed),
+                EmbeddingsEndpoint(embedding, text, settings.seed, self.estimator.counter),
+                ResponsesEndpoint(text, embedding, settings.seed),
+                TextCompletionsEndpoint(text, embedding, settings.seed),
+            )
+        }
+        self.all_models = [*text, *(m for m in embedding if m not in self.models)]
         self.faults = FaultPicker(settings)
-        self.metrics = Metrics(settings.models)
+        self.metrics = Metrics(self.all_models)
         self.ttft_s = settings.ttft_ms / 1000
         self.token_s = 1 / settings.tokens_per_s if settings.tokens_per_s else 0.0
         self.paced = bool(self.ttft_s or self.token_s)
-        self.models_body = _dumps({"object": "list", "data": [self._card(m) for m in settings.models]})
+        self.models_body = _dumps({"object": "list", "data": [self._card(m) for m in self.all_models]})
 
     @staticmethod
     def _card(model: str) -> dict[str, object]:
@@ -124,9 +126,10 @@ class MockService:
     def install(self, app: FastAPI) -> None:
         """Add the routes; call after ``openai_wire.errors.install`` (its handlers are reused)."""
         self.render_invalid = app.exception_handlers[RequestValidationError]
-        # MockApp serves POST chat completions directly (the hot path); the route here answers
-        # any other method with a 405 and keeps the API complete for an app used on its own.
-        app.router.add_route("/v1/chat/completions", self.chat, methods=["POST"])
+        # MockApp serves the POST endpoints directly (the hot path); the routes here answer any
+        # other method with a 405 and keep the API complete for an app used on its own.
+        for path, endpoint in self.endpoints.items():
+            app.router.add_route(path, self.handler(endpoint), methods=["POST"])
         app.add_api_route("/v1/models", self.list_models, methods=["GET"])
         app.add_api_route("/v1/models/{model}", self.get_model, methods=["GET"])
         app.add_api_route("/status", self.status, methods=["GET"])
@@ -136,13 +139,22 @@ class MockService:
         if self.settings.admin:
             app.add_api_route("/admin/reset", self.admin_reset, methods=["POST"])
 
-    # --- chat completions -------------------------------------------------------------
+    # --- the POST endpoints -------------------------------------------------------------
+
+    def handler(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            return await self.serve(request, endpoint)
+
+        return handle
 
     async def chat(self, request: Request) -> Response:
+        return await self.serve(request, self.endpoints[CHAT.path])
+
+    async def serve(self, request: Request, endpoint: Endpoint) -> Response:
         self.metrics.totals.requests += 1
-        out = Outcome(started=perf_counter())
+        out = Outcome(operation=endpoint.operation.value, started=perf_counter())
         try:
-            return await self._chat(request, out)
+            return await self._serve(request, out, endpoint)
         except APIError as exc:
             out.status = exc.status
             return await self._error(exc, out)
@@ -165,36 +177,57 @@ class MockService:
             if not (out.stream and out.status == 200):
                 self._record(request, out)
 
-    async def _chat(self, request: Request, out: Outcome) -> Response:
+    def _limit_headers(self, decision: Decision) -> dict[str, str]:
+        return azure.headers(decision) if self.azure else ratelimit_headers(decision)
+
+    def _rate_limited(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        model: str,
+        state: LimitState,
+        cost: Cost,
+        wait_ms: int,
+        headers: dict[str, str],
+    ) -> APIError:
+        if self.azure:
+            version = request.scope.get(azure.API_VERSION_KEY, azure.DEFAULT_API_VERSION)
+            return azure.rate_limited(endpoint.azure_operation, version, state, wait_ms, headers)
+        return rate_limited(model, state, _requested(state, cost), wait_ms, self.settings.rpm_limit, headers)
+
+    async def _serve(self, request: Request, out: Outcome, endpoint: Endpoint) -> Response:
         out.key = key = self.auth.budget_key(request.headers)
         check_content_type(request)
-        data, body = parse(await read_body(request, self.settings.max_body_bytes))
+        deployment = request.scope.get(azure.DEPLOYMENT_KEY)
+        raw = await read_body(request, self.settings.max_body_bytes)
+        data, body = parse(raw, endpoint.schema, deployment)
         out.model = model = body.model
-        if model not in self.models:
-            raise model_not_found(model)
+        if deployment is not None and model not in endpoint.models:
+            raise azure.deployment_not_found()
+        endpoint.check_model(model)
+        endpoint.check(body)
 
-        prompt_tokens = self.estimator.prompt_tokens(data)
-        cost = self.estimator.estimate(data, prompt_tokens)
+        operation = endpoint.operation
+        prompt_tokens = self.estimator.prompt_tokens(data, operation)
+        cost = self.estimator.estimate(data, prompt_tokens, operation)
         whole = self.limiter.too_large(cost)
         if whole is not None:
-            out.headers = ratelimit_headers(await self.limiter.peek(key))
+            out.headers = self._limit_headers(await self.limiter.peek(key))
             self.metrics.limited(short_name(whole), "too_large")
             raise too_large(model, whole, _requested(whole, cost), self.settings.rpm_limit, out.headers)
 
         fault = self.faults.pick(request.headers.get(FAULT_HEADER))
         if fault is Fault.RATE_LIMIT:
             self.metrics.fault(fault)
-            raise await self._forced_429(key, model, cost, out)
+            raise await self._forced_429(request, endpoint, key, model, cost, out)
 
         decision = await self.limiter.acquire(key, cost)
-        out.headers = headers = ratelimit_headers(decision)
+        out.headers = headers = self._limit_headers(decision)
         if not decision.allowed:
             binding = decision.binding
             assert binding is not None  # a denial always names the limit that waits longest
             self.metrics.limited(short_name(binding), "limit")
-            raise rate_limited(
-                model, binding, _requested(binding, cost), decision.wait_ms, self.settings.rpm_limit, headers
-            )
+            raise self._rate_limited(request, endpoint, model, binding, cost, decision.wait_ms, headers)
 
         # Past admission: whatever happens now has consumed budget, as at OpenAI.
         delay_s = 0.0
@@ -210,22 +243,11 @@ class MockService:
                 error.headers.update(headers)
                 raise error
 
-        digest = request_digest(self.settings.seed, model, data["messages"], body.seed)
-        limit = body.token_limit
-        answer = Answer(
-            key=key,
-            model=model,
-            cost=cost,
-            admitted_at_ms=decision.now_ms,
-            completion_id=new_completion_id(),
-            choices=[generate(digest, i, limit, model) for i in range(body.n)],
-            prompt_tokens=prompt_tokens,
-            include_usage=body.include_usage,
-            delay_s=delay_s,
-        )
-        out.prompt_tokens, out.completion_tokens = prompt_tokens, answer.completion_tokens
-        out.stream = body.stream
-        if body.stream:
+        reply = endpoint.reply(data, body, prompt_tokens)
+        answer = Answer(key=key, cost=cost, admitted_at_ms=decision.now_ms, reply=reply, delay_s=delay_s)
+        out.prompt_tokens, out.completion_tokens = reply.prompt_tokens, reply.completion_tokens
+        out.stream = reply.stream
+        if reply.stream:
             out.status = 200
             return StreamingResponse(
                 self._stream(request, out, answer),
@@ -233,42 +255,29 @@ class MockService:
                 headers=headers,
             )
         if delay_s or self.paced:
-            await asyncio.sleep(delay_s + self.ttft_s + max(0, answer.longest - 1) * self.token_s)
+            await asyncio.sleep(delay_s + self.ttft_s + max(0, reply.steps - 1) * self.token_s)
         await self._settle(answer)
         out.status = 200
-        content = completion_json(answer.completion_id, model, answer.choices, prompt_tokens)
-        return Response(content, media_type="application/json", headers=headers)
+        return Response(reply.body, media_type="application/json", headers=headers)
 
     async def _stream(self, request: Request, out: Outcome, answer: Answer) -> AsyncIterator[bytes]:
-        writer = ChunkWriter(answer.completion_id, answer.model)
-        choices = answer.choices
+        reply = answer.reply
         try:
             if answer.delay_s or self.paced:
                 loop = asyncio.get_running_loop()
                 first = loop.time() + answer.delay_s + self.ttft_s
                 await asyncio.sleep(max(0.0, first - loop.time()))
-                yield b"".join(event(writer.role(i)) for i in range(len(choices)))
-                for step in range(answer.longest):
+                if reply.head:
+                    yield reply.head
+                for step, frame in enumerate(reply.frames):
                     due = first + step * self.token_s
                     if due > loop.time():
                         await asyncio.sleep(due - loop.time())
-                    yield b"".join(
-                        event(writer.content(i, c.pieces[step]))
-                        for i, c in enumerate(choices)
-                        if step < len(c.pieces)
-                    )
-                yield self._stream_end(writer, answer)
+                    yield frame
+                yield reply.tail
             else:
                 # Nothing to wait for: one write instead of one per token.
-                frames = [event(writer.role(i)) for i in range(len(choices))]
-                for step in range(answer.longest):
-                    frames += [
-                        event(writer.content(i, c.pieces[step]))
-                        for i, c in enumerate(choices)
-                        if step < len(c.pieces)
-                    ]
-                frames.append(self._stream_end(writer, answer))
-                yield b"".join(frames)
+                yield b"".join((reply.head, *reply.frames, reply.tail))
             await self._settle(answer)
         except BaseException:
             out.status = CLIENT_CLOSED
@@ -276,32 +285,24 @@ class MockService:
         finally:
             self._record(request, out)
 
-    @staticmethod
-    def _stream_end(writer: ChunkWriter, answer: Answer) -> bytes:
-        frames = [event(writer.finish(i, c.finish_reason)) for i, c in enumerate(answer.choices)]
-        if answer.include_usage:
-            frames.append(event(writer.usage(answer.prompt_tokens, answer.completion_tokens)))
-        frames.append(DONE)
-        return b"".join(frames)
-
     async def _settle(self, answer: Answer) -> None:
         """Charge usage above the estimate; refund the unused estimate only if configured."""
-        actual = answer.prompt_tokens + answer.completion_tokens
+        actual = answer.reply.prompt_tokens + answer.reply.completion_tokens
         if actual > answer.cost.tokens:
             await self.limiter.charge(answer.key, actual - answer.cost.tokens)
         elif self.settings.refund_unused and actual < answer.cost.tokens:
             await self.limiter.refund(answer.key, answer.cost.tokens - actual, answer.admitted_at_ms)
 
-    async def _forced_429(self, key: str, model: str, cost: Cost, out: Outcome) -> APIError:
+    async def _forced_429(
+        self, request: Request, endpoint: Endpoint, key: str, model: str, cost: Cost, out: Outcome
+    ) -> APIError:
         """A rate-limit 429 on request (``x-mock-fault: 429``), naming the fullest limit."""
         decision = await self.limiter.peek(key, cost)
-        out.headers = ratelimit_headers(decision)
+        out.headers = self._limit_headers(decision)
         state = decision.binding or _first_limited(decision)
         wait_ms = state.wait_ms or 1000
         self.metrics.limited(short_name(state), "forced")
-        return rate_limited(
-            model, state, _requested(state, cost), wait_ms, self.settings.rpm_limit, out.headers
-        )
+        return self._rate_limited(request, endpoint, model, state, cost, wait_ms, out.headers)
 
     async def _error(self, exc: APIError, out: Outcome) -> Response:
         response = exc.response()
@@ -312,7 +313,7 @@ class MockService:
         headers = out.headers
         if headers is None and out.key and response.status_code != 401:
             try:
-                headers = ratelimit_headers(await self.limiter.peek(out.key))
+                headers = self._limit_headers(await self.limiter.peek(out.key))
             except STORE_ERRORS:
                 headers = {}
         for name, value in (headers or {}).items():
@@ -327,8 +328,8 @@ class MockService:
         )
         if self.settings.log_requests:
             request_log.info(
-                "chat id=%s key=%s model=%s stream=%s status=%s prompt_tokens=%d completion_tokens=%d "
-                "ms=%.1f",
+                "%s id=%s key=%s model=%s stream=%s status=%s prompt_tokens=%d completion_tokens=%d ms=%.1f",
+                out.operation,
                 request.scope.get(REQUEST_ID_KEY, "-"),
                 key_label(out.key) if out.key else "-",
                 out.model or "-",
@@ -347,7 +348,7 @@ class MockService:
 
     async def get_model(self, request: Request, model: str) -> Response:
         self.auth.budget_key(request.headers)
-        if model not in self.models:
+        if model not in self.all_models:
             raise model_not_found(model)
         return Response(_dumps(self._card(model)), media_type="application/json")
 
@@ -372,6 +373,8 @@ class MockService:
                 "errors": totals.errors,
             },
             "models": self.settings.models,
+            "embedding_models": self.settings.embedding_models,
+            "flavor": self.settings.flavor,
             "latency": {"ttft_ms": self.settings.ttft_ms, "tokens_per_s": self.settings.tokens_per_s},
             "cost_rule": self.settings.cost_rule.value,
             "auth": self.auth.enabled,

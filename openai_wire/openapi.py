@@ -1,8 +1,9 @@
-"""OpenAPI pieces both services document: the chat completions operation, OpenAI's error body,
-the rate-limit headers, and a pass that replaces FastAPI's 422 with the 400 actually sent.
+"""OpenAPI pieces both services document: the POST operations (chat, embeddings, responses,
+legacy completions), OpenAI's error body, the rate-limit headers, and a pass that replaces
+FastAPI's 422 with the 400 actually sent.
 
-The chat endpoint is served outside FastAPI's routing in both services, so FastAPI cannot
-describe it; each service's schema adds it from here.
+The POST endpoints are served outside FastAPI's routing in both services, so FastAPI cannot
+describe them; each service's schema adds them from here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from openai_wire.completions import CompletionRequest
+from openai_wire.embeddings import EmbeddingRequest
+from openai_wire.responses import ResponsesRequest
 from openai_wire.schemas import ChatCompletionRequest
 
 REF = "#/components/schemas/{model}"
@@ -94,6 +98,89 @@ MODEL_LIST_SCHEMA: dict[str, Any] = {
     },
 }
 
+EMBEDDING_LIST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["object", "index", "embedding"],
+                "properties": {
+                    "object": {"const": "embedding"},
+                    "index": {"type": "integer", "minimum": 0},
+                    # A list of floats, or with encoding_format base64 their float32 bytes.
+                    "embedding": {
+                        "anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]
+                    },
+                },
+            },
+        },
+        "model": {"type": "string"},
+        "usage": {
+            "type": "object",
+            "required": ["prompt_tokens", "total_tokens"],
+            "properties": {
+                "prompt_tokens": {"type": "integer", "minimum": 0},
+                "total_tokens": {"type": "integer", "minimum": 0},
+            },
+        },
+    },
+}
+
+RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "created_at": {"type": "number"},
+        "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
+        "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object"}},
+        "usage": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": ["input_tokens", "output_tokens", "total_tokens"],
+                    "properties": {
+                        "input_tokens": {"type": "integer", "minimum": 0},
+                        "output_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                    },
+                },
+                {"type": "null"},
+            ]
+        },
+    },
+}
+
+TEXT_COMPLETION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "text_completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["text", "index", "finish_reason"],
+                "properties": {
+                    "text": {"type": "string"},
+                    "index": {"type": "integer", "minimum": 0},
+                    "finish_reason": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "usage": {"anyOf": [{"$ref": "#/components/schemas/Usage"}, {"type": "null"}]},
+    },
+}
+
 _INT = {"schema": {"type": "string", "pattern": r"^\d+$"}}
 _DURATION = {"schema": {"type": "string"}}
 _KINDS = ("requests", "tokens")
@@ -123,11 +210,17 @@ def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+REQUESTS = (ChatCompletionRequest, EmbeddingRequest, ResponsesRequest, CompletionRequest)
+
+
 def request_schemas() -> dict[str, Any]:
-    """The request body's schema and its parts, for ``components.schemas``."""
-    schema = ChatCompletionRequest.model_json_schema(ref_template=REF)
-    defs = schema.pop("$defs", {})
-    return {"ChatCompletionRequest": schema, **defs}
+    """The request bodies' schemas and their parts, for ``components.schemas``."""
+    out: dict[str, Any] = {}
+    for model in REQUESTS:
+        schema = model.model_json_schema(ref_template=REF)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
 
 
 def chat_operation(
@@ -137,35 +230,59 @@ def chat_operation(
 ) -> dict[str, Any]:
     """``POST /v1/chat/completions``: the request body, the answer (JSON or SSE) and ``errors``
     (status -> description), each in OpenAI's error shape."""
+    return post_operation(
+        "Create a chat completion",
+        "create_chat_completion",
+        "ChatCompletionRequest",
+        "ChatCompletion",
+        "The completion, or with `stream: true` a server-sent event stream of `chat.completion.chunk` "
+        "objects ending in `data: [DONE]`.",
+        errors,
+        parameters,
+        description,
+    )
+
+
+def post_operation(
+    summary: str,
+    operation_id: str,
+    request: str,
+    answer: str,
+    answer_description: str,
+    errors: dict[int, str],
+    parameters: list[dict[str, Any]] | None = None,
+    description: str = "",
+    streams: bool = True,
+) -> dict[str, Any]:
+    """A POST operation of the OpenAI API: the ``request`` and ``answer`` schemas (by component
+    name), an event stream if it ``streams``, and ``errors`` (status -> description) in OpenAI's
+    error shape."""
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{answer}"}}}
+    if streams:
+        # One server-sent event: `data` holds an event's JSON (chat and completions end in `[DONE]`).
+        content["text/event-stream"] = {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+            }
+        }
     responses: dict[str, Any] = {
         "200": {
-            "description": "The completion, or with `stream: true` a server-sent event stream of "
-            "`chat.completion.chunk` objects ending in `data: [DONE]`.",
+            "description": answer_description,
             "headers": copy.deepcopy(RATELIMIT_HEADERS),
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
-                # One server-sent event: `data` holds a chunk's JSON, then the final `[DONE]`.
-                "text/event-stream": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["data"],
-                        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
-                    }
-                },
-            },
+            "content": content,
         }
     }
     for status, text in sorted(errors.items()):
         headers = RETRY_HEADERS if status in (429, 503) else None
         responses[str(status)] = error_response(text, headers)
     operation: dict[str, Any] = {
-        "summary": "Create a chat completion",
-        "operationId": "create_chat_completion",
+        "summary": summary,
+        "operationId": operation_id,
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}
-            },
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}},
         },
         "responses": responses,
     }
@@ -182,6 +299,9 @@ def components() -> dict[str, Any]:
         "Error": ERROR_SCHEMA,
         "Usage": USAGE_SCHEMA,
         "ChatCompletion": CHAT_COMPLETION_SCHEMA,
+        "EmbeddingList": EMBEDDING_LIST_SCHEMA,
+        "Response": RESPONSE_SCHEMA,
+        "TextCompletion": TEXT_COMPLETION_SCHEMA,
         "Model": MODEL_SCHEMA,
         "ModelList": MODEL_LIST_SCHEMA,
         **request_schemas(),

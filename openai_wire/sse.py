@@ -1,4 +1,5 @@
-"""Server-sent events as OpenAI frames them: ``data: {json}\\n\\n`` and a final ``[DONE]``."""
+"""Server-sent events as OpenAI frames them: ``data: {json}\\n\\n`` and a final ``[DONE]`` (chat,
+completions), or named events (Responses API)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,8 @@ def parse_event(frame: bytes) -> dict[str, Any] | None:
                 return None
             return json.loads(data)
     return None
+
+
+def named_event(payload: dict[str, Any]) -> bytes:
+    """A Responses API event: its ``type`` as the SSE event name, then its JSON (no ``[DONE]``)."""
+    return b"event: " + str(payload["type"]).encode() + b"\n" + event(payload)

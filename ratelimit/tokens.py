@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
@@ -35,6 +35,8 @@ TOKENS_PER_REPLY = 3
 # A low-detail image costs 85 tokens; we cannot see the image, so we never charge less.
 TOKENS_PER_IMAGE = 85
 CHARS_PER_TOKEN = 4
+# Content parts that are plain text: chat's ``text``, the Responses API's input and output text.
+TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 _patch_lock = threading.Lock()
 
@@ -123,7 +125,7 @@ class TokenCounter:
             return self.count_text(content, model)
         total = 0
         for part in content if isinstance(content, list) else [content]:
-            if isinstance(part, Mapping) and part.get("type") == "text":
+            if isinstance(part, Mapping) and part.get("type") in TEXT_PARTS:
                 total += self.count_text(str(part.get("text", "")), model)
             elif isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image"):
                 total += TOKENS_PER_IMAGE
@@ -133,3 +135,38 @@ class TokenCounter:
 
     def completion_tokens(self, text: str, model: str) -> int:
         return self.count_text(text, model)
+
+    def count_inputs(self, value: Any, model: str) -> int:
+        """Embeddings inputs or legacy prompts: texts are encoded, token arrays counted as sent.
+
+        No per-item overhead: OpenAI's ``usage.prompt_tokens`` of embeddings is the sum of the
+        inputs' own tokens.
+        """
+        total = 0
+        for item in split_inputs(value):
+            total += self.count_text(item, model) if isinstance(item, str) else len(item)
+        return total
+
+    def count_response_input(self, input: Any, instructions: Any, model: str) -> int:
+        """A Responses API input as the chat messages it stands for: ``instructions`` as a
+        developer message, a string ``input`` as one user message, items as messages."""
+        messages: list[Mapping[str, Any]] = []
+        if isinstance(instructions, str) and instructions:
+            messages.append({"role": "developer", "content": instructions})
+        if isinstance(input, str):
+            messages.append({"role": "user", "content": input})
+        elif isinstance(input, list):
+            messages += [item for item in input if isinstance(item, Mapping)]
+        return self.count_messages(messages, model)
+
+
+def split_inputs(value: Any) -> list[str | Sequence[int]]:
+    """The separate items of an embeddings ``input`` or a legacy ``prompt``: a string, a token
+    array, or a list of either."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        return []
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [value]
+    return [v for v in value if isinstance(v, str | list)]

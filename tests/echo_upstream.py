@@ -1,7 +1,8 @@
 """An upstream that echoes what it received, as some proxies and error pages do: the request's
 headers come back in the body, in passed-back headers, and (streamed) split across two chunks.
 
-``python -m tests.echo_upstream --host H --port P``; ``x-echo-status`` picks the status.
+``python -m tests.echo_upstream --host H --port P``; the request's ``user`` field
+``echo-status-N`` picks the status (a body field: the gateway forwards no unknown header).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _headers(request: Request) -> dict[str, str]:
 
 async def chat(request: Request) -> Response:
     body = json.loads(await request.body())
-    status = int(request.headers.get("x-echo-status", "200"))
+    user = str(body.get("user") or "")
+    status = int(user.removeprefix("echo-status-")) if user.startswith("echo-status-") else 200
     if body.get("stream") and status == 200:
         return StreamingResponse(_stream(request), media_type="text/event-stream", headers=_headers(request))
     payload = {

@@ -37,6 +37,8 @@ def mock_env(**settings: str) -> dict[str, str]:
 def gateway_env(upstream: str, **settings: str) -> dict[str, str]:
     env = {f"APIM_{k}": v for k, v in UNLIMITED.items()}
     env |= {"APIM_UPSTREAM_URL": upstream, "APIM_REDIS_URL": "", "APIM_LOG_REQUESTS": "false"}
+    # The fault tests steer the mock through the gateway; off by default (see test_apim_forwarded_headers).
+    env["APIM_FORWARD_MOCK_FAULTS"] = "true"
     env |= {f"APIM_{k}": v for k, v in settings.items()}
     return env
 
@@ -421,7 +423,7 @@ def test_upstream_429_is_absorbed_and_requeued() -> None:
 
 
 def test_upstream_429_every_time_ends_in_queue_timeout(plain_upstream: Service) -> None:
-    # x-mock-fault is forwarded like any caller header, so every attempt is refused.
+    # x-mock-fault is forwarded (APIM_FORWARD_MOCK_FAULTS, set here), so every attempt is refused.
     with gateway(plain_upstream, QUEUE_TIMEOUT_S="2.5") as gw:
         before = plain_upstream.status()["totals"]["rate_limited"]
         response = chat(gw, headers={"x-mock-fault": "429"})

@@ -12,6 +12,10 @@ from apim_server.config import Settings, settings_table
 from apim_server.gateway import budget_key, redacted
 from apim_server.streaming import UsageTap
 from apim_server.upstream import Upstream, final_429, passed_back, retry_wait_s
+from llm_mock_server.embeddings import EmbeddingsEndpoint
+from llm_mock_server.responses import ResponsesEndpoint
+from openai_wire.embeddings import EmbeddingRequest
+from openai_wire.responses import ResponsesRequest
 from openai_wire.sse import DONE, event
 
 CHUNK = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
@@ -69,7 +73,7 @@ def test_usage_of_a_completion_body() -> None:
     assert usage_of(b'{"usage": null}') is None
 
 
-def test_caller_headers_forwarded_minus_hop_by_hop() -> None:
+def test_caller_headers_forwarded_by_the_allow_list() -> None:
     upstream = Upstream("http://127.0.0.1:9/v1", "", 4, 5)
     caller = [
         (b"host", b"gateway"),
@@ -85,9 +89,10 @@ def test_caller_headers_forwarded_minus_hop_by_hop() -> None:
         b"x-request-id": b"req_1",
         b"accept-encoding": b"identity",
         b"authorization": b"Bearer sk-caller",
-        b"x-mock-fault": b"500",
         b"user-agent": b"OpenAI/Python",
     }
+    testing = Upstream("http://127.0.0.1:9/v1", "", 4, 5, forward_mock_faults=True)
+    assert dict(testing.headers(caller, "req_1"))[b"x-mock-fault"] == b"500"
     keyed = dict(Upstream("http://127.0.0.1:9/v1", "sk-gateway", 4, 5).headers(caller, "req_2"))
     assert keyed[b"authorization"] == b"Bearer sk-gateway"
 
@@ -163,3 +168,46 @@ def test_the_upstream_key_is_never_shown() -> None:
     settings = Settings(upstream_api_key="sk-secret-value")
     assert "sk-secret-value" not in repr(settings)
     assert "sk-secret-value" not in str(settings.model_dump())
+
+
+def _responses_stream(max_output_tokens: int | None) -> tuple[bytes, int, int]:
+    """A Responses API stream as the mock writes it, with its prompt and output tokens."""
+    data = {
+        "model": "gpt-4o-mini",
+        "input": "Count me.",
+        "stream": True,
+        "max_output_tokens": max_output_tokens,
+    }
+    reply = ResponsesEndpoint(["gpt-4o-mini"], [], seed=0).reply(
+        data, ResponsesRequest.model_validate(data), 11
+    )
+    return reply.head + b"".join(reply.frames) + reply.tail, reply.prompt_tokens, reply.completion_tokens
+
+
+@pytest.mark.parametrize(("max_output_tokens", "cut"), [(None, 7), (16, 100), (None, 1)])
+def test_usage_tap_reads_a_responses_stream_and_strips_nothing(
+    max_output_tokens: int | None, cut: int
+) -> None:
+    stream, prompt, output = _responses_stream(max_output_tokens)
+    tap = UsageTap(strip=True)
+    passed = b"".join(tap.feed(stream[i : i + cut]) for i in range(0, len(stream), cut)) + tap.flush()
+    assert passed == stream
+    assert tap.usage == {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
+    }
+
+
+def test_usage_of_embeddings_and_responses_bodies() -> None:
+    # The gateway settles a plain answer from its usage's counts, whatever the endpoint.
+    data = {"model": "text-embedding-3-small", "input": ["a", "b"]}
+    embedded = EmbeddingsEndpoint(["text-embedding-3-small"], [], 0).reply(
+        data, EmbeddingRequest.model_validate(data), 2
+    )
+    assert usage_of(embedded.body) == {"prompt_tokens": 2, "total_tokens": 2}
+    data = {"model": "gpt-4o-mini", "input": "Hi."}
+    answered = ResponsesEndpoint(["gpt-4o-mini"], [], 0).reply(data, ResponsesRequest.model_validate(data), 9)
+    counts = usage_of(answered.body)
+    assert counts is not None
+    assert counts["total_tokens"] == 9 + answered.completion_tokens

@@ -44,7 +44,11 @@ def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrat
     body is exercised too."""
     # Only a valid model name is replaced: an empty or non-string one is a negative case's point.
     if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
-        return st.sampled_from([body["model"], *SETTINGS.models[:2]]).map(lambda m: {**body, "model": m})
+        # Each endpoint's own models: an embedding model on chat is a (declared) 400.
+        embeds = context.operation.path == "/v1/embeddings"
+        # text-embedding-3-large takes every `dimensions` the schema allows (ada-002 takes none).
+        served = ["text-embedding-3-large"] if embeds else SETTINGS.models[:2]
+        return st.sampled_from([body["model"], *served]).map(lambda m: {**body, "model": m})
     return st.just(body)
 
 
