@@ -40,7 +40,6 @@ class Cluster:
         self._index = f"{tag}:instances"
         self._prefix = f"{tag}:instance:"
         self._task: asyncio.Task[None] | None = None
-        self._run_id: str | None = None
 
     def start(self) -> None:
         if self.redis is not None:
@@ -62,16 +61,6 @@ class Cluster:
                 )
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.debug("could not withdraw this instance from the cluster view")
-
-    async def check_server(self) -> None:
-        """Notice a Redis that restarted between two looks (a new run id), even an outage too short
-        for any command to fail: the store's record may be gone."""
-        assert self.redis is not None
-        run_id = (await self.redis.info("server")).get("run_id")
-        if self._run_id is not None and run_id != self._run_id and self.on_failure is not None:
-            log.warning("the Redis server restarted (new run id)")
-            self.on_failure(ConnectionError("the Redis server restarted"))
-        self._run_id = run_id
 
     async def publish(self) -> None:
         assert self.redis is not None
@@ -107,9 +96,8 @@ class Cluster:
         while True:
             try:
                 await self.publish()
-                await self.check_server()
                 failing = False
-            except Exception as exc:  # noqa: BLE001 - any failure: say so once, tell the dispatcher
+            except Exception as exc:  # noqa: BLE001 - any failure: say so once, tell the store's health
                 if not failing:
                     log.warning("could not publish this instance's figures to Redis: %s", exc)
                 failing = True

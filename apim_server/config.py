@@ -20,6 +20,12 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
+    config: str = Field(
+        "",
+        description="Path of the configuration file (YAML: deployments, their models and limits, "
+        "tenants; see README). Empty = the APIM_* settings below describe one deployment serving "
+        "every model with one budget.",
+    )
     upstream_url: str = Field(
         "http://127.0.0.1:8000/v1",
         description="Base URL of the upstream OpenAI-compatible API (ends before `/chat/completions`).",
