@@ -7,20 +7,17 @@ budget (``from_settings``), so the rest of the gateway sees one shape either way
 
 from __future__ import annotations
 
-import os
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -28,30 +25,24 @@ from pydantic import (
 from apim_server.config import Settings
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
+from serving import config_yaml
+from serving.config_yaml import ConfigError
 from serving.settings import SubWindowSeconds, TimeZoneName
 
 ANY_MODEL = "*"
 """The model name of the one budget a deployment without a model list keeps for every model."""
 AZURE_RPM_PER_1000_TPM = 6
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class ConfigError(Exception):
-    """A bad configuration file: the message is one line naming the field."""
+__all__ = ["ANY_MODEL", "ConfigError", "ConfigFile", "DeploymentPlan", "Plan", "from_settings", "load"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelLimits(_Strict):
+class ModelLimits(config_yaml.ModelLimits):
     """One model of one deployment: its budget's limits (0 or absent = no limit)."""
 
-    rpm: int | None = Field(None, ge=0)
-    tpm: int = Field(0, ge=0)
-    rpd: int = Field(0, ge=0)
-    tpd: int = Field(0, ge=0)
     deployment: str | None = Field(None, min_length=1)  # Azure's deployment name for this model
 
 
@@ -175,28 +166,10 @@ def from_settings(settings: Settings) -> Plan:
     return Plan((deployment,), (), "settings")
 
 
-def load(path: str | Path, settings: Settings, environ: dict[str, str] | None = None) -> Plan:
+def load(path: str | Path, settings: Settings, environ: Mapping[str, str] | None = None) -> Plan:
     """Read, fill and validate the file; ConfigError (one line naming the field) if it is bad."""
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the configuration file {name}: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"configuration file {name}: {problem}{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"configuration file {name}: must be a mapping with a `deployments` list")
-    filled = _fill(raw, os.environ if environ is None else environ, ())
-    try:
-        config = ConfigFile.model_validate(filled)
-    except ValidationError as exc:
-        raise ConfigError(f"configuration file {name}: {describe(exc)}") from None
-    return plan(config, settings, name)
+    config = config_yaml.validate(ConfigFile, config_yaml.read(path, environ), path)
+    return plan(config, settings, str(path))
 
 
 def plan(config: ConfigFile, settings: Settings, source: str) -> Plan:
@@ -232,40 +205,3 @@ def plan(config: ConfigFile, settings: Settings, source: str) -> Plan:
         )
     keys = tuple(t.key.get_secret_value() for t in config.tenants)
     return Plan(tuple(deployments), keys, source)
-
-
-def _fill(value: Any, environ: dict[str, str] | os._Environ[str], path: tuple[str | int, ...]) -> Any:
-    """``${VAR}`` in every string replaced from the environment; an unset one is an error."""
-    if isinstance(value, str):
-
-        def var(match: re.Match[str]) -> str:
-            found = environ.get(match[1])
-            if found is None:
-                raise ConfigError(f"{_where(path)}: environment variable {match[1]} is not set")
-            return found
-
-        return _VAR.sub(var, value)
-    if isinstance(value, dict):
-        return {k: _fill(v, environ, (*path, str(k))) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, environ, (*path, i)) for i, v in enumerate(value)]
-    return value
-
-
-def _where(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def describe(exc: ValidationError) -> str:
-    """The first bad field as ``deployments[0].models.gpt-4o.rpm: message (got value)``: one line."""
-    error = exc.errors()[0]
-    loc = tuple(p for p in error.get("loc", ()) if p not in ("function-after",))
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    value = error.get("input")
-    secret = any(str(p) in ("api_key", "key") for p in loc)
-    shown = "" if secret or isinstance(value, dict | list) or value is None else f" (got {value!r})"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{_where(loc)}: {message}{shown}{more}"

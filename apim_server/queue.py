@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections import deque
 from enum import IntEnum
-
 from typing import TYPE_CHECKING
 
 from ratelimit.limits import Cost, Decision

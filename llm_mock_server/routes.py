@@ -73,12 +73,14 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     headers: dict[str, str] | None = field(default=None)
+    limiter: Limiter | None = None  # the budget's, once the model is known
 
 
 @dataclass(slots=True)
 class Answer:
     """An admitted request and everything its answer is made of."""
 
+    limiter: Limiter
     key: str
     model: str
     cost: Cost
@@ -101,18 +103,30 @@ class Answer:
 class MockService:
     """The mock's state and handlers; ``install`` puts the routes on an app."""
 
-    def __init__(self, settings: MockSettings, limiter: Limiter) -> None:
+    def __init__(
+        self, settings: MockSettings, limiter: Limiter, per_model: dict[str, Limiter] | None = None
+    ) -> None:
         self.settings = settings
         self.limiter = limiter
+        self.per_model = per_model or {}
         self.auth = KeyCheck(settings.api_keys)
-        self.models = frozenset(settings.models)
+        served = list(settings.models) + [m for m in self.per_model if m not in settings.models]
+        self.models = frozenset(served)
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
         self.faults = FaultPicker(settings)
         self.metrics = Metrics(settings.models)
         self.ttft_s = settings.ttft_ms / 1000
         self.token_s = 1 / settings.tokens_per_s if settings.tokens_per_s else 0.0
         self.paced = bool(self.ttft_s or self.token_s)
-        self.models_body = _dumps({"object": "list", "data": [self._card(m) for m in settings.models]})
+        self.models_body = _dumps({"object": "list", "data": [self._card(m) for m in served]})
+
+    def budget(self, key: str, model: str | None) -> tuple[Limiter, str]:
+        """The limiter and store key a request for ``model`` under API key ``key`` is charged to:
+        a listed model has a budget of its own per key, every other model shares the key's."""
+        limiter = self.per_model.get(model) if model else None
+        if limiter is None:
+            return self.limiter, key
+        return limiter, f"{key}|model:{model}"
 
     @staticmethod
     def _card(model: str) -> dict[str, object]:
@@ -165,29 +179,30 @@ class MockService:
         out.model = model = body.model
         if model not in self.models:
             raise model_not_found(model)
+        limiter, key = self.budget(key, model)
+        out.limiter, out.key = limiter, key
+        rpm = limiter.limits.rpm
 
         prompt_tokens = self.estimator.prompt_tokens(data)
         cost = self.estimator.estimate(data, prompt_tokens)
-        whole = self.limiter.too_large(cost)
+        whole = limiter.too_large(cost)
         if whole is not None:
-            out.headers = ratelimit_headers(await self.limiter.peek(key))
+            out.headers = ratelimit_headers(await limiter.peek(key))
             self.metrics.limited(short_name(whole), "too_large")
-            raise too_large(model, whole, _requested(whole, cost), self.settings.rpm_limit, out.headers)
+            raise too_large(model, whole, _requested(whole, cost), rpm, out.headers)
 
         fault = self.faults.pick(request.headers.get(FAULT_HEADER))
         if fault is Fault.RATE_LIMIT:
             self.metrics.fault(fault)
-            raise await self._forced_429(key, model, cost, out)
+            raise await self._forced_429(limiter, key, model, cost, out)
 
-        decision = await self.limiter.acquire(key, cost)
+        decision = await limiter.acquire(key, cost)
         out.headers = headers = ratelimit_headers(decision)
         if not decision.allowed:
             binding = decision.binding
             assert binding is not None  # a denial always names the limit that waits longest
             self.metrics.limited(short_name(binding), "limit")
-            raise rate_limited(
-                model, binding, _requested(binding, cost), decision.wait_ms, self.settings.rpm_limit, headers
-            )
+            raise rate_limited(model, binding, _requested(binding, cost), decision.wait_ms, rpm, headers)
 
         # Past admission: whatever happens now has consumed budget, as at OpenAI.
         delay_s = 0.0
@@ -206,6 +221,7 @@ class MockService:
         digest = request_digest(self.settings.seed, model, data["messages"], body.seed)
         limit = body.token_limit
         answer = Answer(
+            limiter=limiter,
             key=key,
             model=model,
             cost=cost,
@@ -281,20 +297,18 @@ class MockService:
         """Charge usage above the estimate; refund the unused estimate only if configured."""
         actual = answer.prompt_tokens + answer.completion_tokens
         if actual > answer.cost.tokens:
-            await self.limiter.charge(answer.key, actual - answer.cost.tokens)
+            await answer.limiter.charge(answer.key, actual - answer.cost.tokens)
         elif self.settings.refund_unused and actual < answer.cost.tokens:
-            await self.limiter.refund(answer.key, answer.cost.tokens - actual, answer.admitted_at_ms)
+            await answer.limiter.refund(answer.key, answer.cost.tokens - actual, answer.admitted_at_ms)
 
-    async def _forced_429(self, key: str, model: str, cost: Cost, out: Outcome) -> APIError:
+    async def _forced_429(self, limiter: Limiter, key: str, model: str, cost: Cost, out: Outcome) -> APIError:
         """A rate-limit 429 on request (``x-mock-fault: 429``), naming the fullest limit."""
-        decision = await self.limiter.peek(key, cost)
+        decision = await limiter.peek(key, cost)
         out.headers = ratelimit_headers(decision)
         state = decision.binding or _first_limited(decision)
         wait_ms = state.wait_ms or 1000
         self.metrics.limited(short_name(state), "forced")
-        return rate_limited(
-            model, state, _requested(state, cost), wait_ms, self.settings.rpm_limit, out.headers
-        )
+        return rate_limited(model, state, _requested(state, cost), wait_ms, limiter.limits.rpm, out.headers)
 
     async def _error(self, exc: APIError, out: Outcome) -> Response:
         response = exc.response()
@@ -305,7 +319,7 @@ class MockService:
         headers = out.headers
         if headers is None and out.key and response.status_code != 401:
             try:
-                headers = ratelimit_headers(await self.limiter.peek(out.key))
+                headers = ratelimit_headers(await (out.limiter or self.limiter).peek(out.key))
             except STORE_ERRORS:
                 headers = {}
         for name, value in (headers or {}).items():
@@ -345,9 +359,11 @@ class MockService:
         return Response(_dumps(self._card(model)), media_type="application/json")
 
     async def status(self, request: Request) -> Response:
-        key = request.query_params.get("api_key") or self.auth.default_key
+        """Limits of the default key (or ``?api_key=``) for unlisted models (or ``?model=``)."""
+        model = request.query_params.get("model") or None
+        limiter, key = self.budget(request.query_params.get("api_key") or self.auth.default_key, model)
         try:
-            decision = await self.limiter.peek(key)
+            decision = await limiter.peek(key)
         except STORE_ERRORS:
             log.exception("limiter store unavailable")
             return server_error(503).response()
@@ -355,8 +371,10 @@ class MockService:
         payload = {
             "service": "llm-mock",
             "store": self.limiter.store.kind,
-            "api_key": key_label(key),
+            "api_key": key_label(key.split("|model:")[0]),
+            "model": model,
             "limits": status_limits(decision),
+            "model_limits": sorted(self.per_model),
             "totals": {
                 "requests": totals.requests,
                 "ok": totals.ok,
@@ -399,6 +417,8 @@ class MockService:
         keys = [named] if named else self.auth.known_keys()
         for key in keys:
             await self.limiter.reset(key)
+            for model, limiter in self.per_model.items():
+                await limiter.reset(self.budget(key, model)[1])
         labels = [key_label(k) for k in keys]
         log.info("admin reset of %s", ", ".join(labels))
         return JSONResponse({"reset": labels})
