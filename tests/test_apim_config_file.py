@@ -1,0 +1,145 @@
+"""The configuration file: the shipped example, the shape of SPEC §8, one-line errors, budget keys."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apim_server.budget import Budget, Deployment
+from apim_server.config import Settings
+from apim_server.config_file import ANY_MODEL, ConfigError, from_settings, load
+from apim_server.gateway import Gateway
+from apim_server.upstream import Upstream
+from ratelimit.embedded import EmbeddedStore
+from ratelimit.limits import Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {"OPENAI_API_KEY": "sk-openai", "AZURE_EAST_KEY": "az-key", "TEAM_A_KEY": "team-a-key"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "apim.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_example_is_valid_and_means_what_it_says() -> None:
+    plan = load(ROOT / "apim.example.yaml", Settings(), ENV)
+    openai, azure = plan.deployments
+    assert (openai.name, openai.url, openai.api_key, openai.cost_rule) == (
+        "openai",
+        "https://api.openai.com/v1",
+        "sk-openai",
+        "max",
+    )
+    assert openai.models["gpt-4o"] == Limits(rpm=500, tpm=30000, margin_ms=500)
+    assert azure.kind == "azure"
+    assert azure.azure_names == {"gpt-4o-mini": "mini-prod"}
+    mini = azure.models["gpt-4o-mini"]
+    assert (mini.rpm, mini.tpm, mini.short_window_s) == (2700, 450000, 10), "6 RPM per 1,000 TPM"
+    assert plan.tenant_keys == ("team-a-key",)
+
+
+def test_without_a_file_one_deployment_serves_every_model_with_one_budget() -> None:
+    plan = from_settings(Settings(rpm_limit=7))
+    (only,) = plan.deployments
+    assert list(only.models) == [ANY_MODEL]
+    assert only.models[ANY_MODEL].rpm == 7
+    gw = Gateway(Settings(rpm_limit=7), store=EmbeddedStore())
+    assert gw.router.route("gpt-4o") is gw.router.route("anything-at-all")
+    assert len(gw.router.budgets) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("deployments: []", "deployments: List should have at least 1 item"),
+        ("deployments:\n  - {name: a, url: ftp://x, models: {m: {}}}", "deployments[0].url: must be an http"),
+        ("deployments:\n  - {name: a, url: http://x, models: {m: {rpm: -1}}}", "deployments[0].models.m.rpm"),
+        ("deployments:\n  - {name: a, url: http://x, models: {m: {rpx: 1}}}", "deployments[0].models.m.rpx"),
+        ("deployments:\n  - {name: a, url: http://x, models: {}}", "deployments[0].models"),
+        ("deployments:\n  - {name: a, url: http://x, kind: gcp, models: {m: {}}}", "deployments[0].kind"),
+        (
+            "deployments:\n  - {name: a, url: http://x, daily_reset_tz: Mars/Base, models: {m: {}}}",
+            "deployments[0].daily_reset_tz: unknown time zone",
+        ),
+        (
+            "deployments:\n  - {name: a, url: http://x, models: {m: {}}}\n"
+            "  - {name: a, url: http://y, models: {m: {}}}",
+            "deployments: 'a' appears twice",
+        ),
+        (
+            "deployments:\n  - {name: a, url: http://x, api_key: '${NOT_SET_ANYWHERE}', models: {m: {}}}",
+            "deployments[0].api_key: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            "deployments:\n  - {name: a, url: http://x, models: {m: {}}}\ntenants:\n  - {name: t, key: k, weight: 0}",
+            "tenants[0].weight",
+        ),
+        ("deployments:\n  - {name: a, url: http://x, models: {m: {}}}\nextra: 1", "extra: Extra inputs"),
+        ("deployments: [", "configuration file"),
+    ],
+)
+def test_a_bad_file_is_one_line_naming_the_field(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text), Settings(), {})
+    message = str(caught.value)
+    assert named in message
+    assert "\n" not in message
+
+
+def test_a_secret_is_never_shown_in_an_error(tmp_path: Path) -> None:
+    text = "deployments:\n  - {name: a, url: http://x, api_key: 12, models: {m: {}}}"
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text), Settings(), {})
+    assert "deployments[0].api_key" in str(caught.value)
+    assert "12" not in str(caught.value).replace("deployments[0]", "")
+
+
+def test_the_gateway_stops_at_start_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "deployments:\n  - {name: a, url: http://x, models: {m: {tpm: many}}}")
+    done = subprocess.run(
+        [sys.executable, "-m", "apim_server", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "deployments[0].models.m.tpm" in lines[0]
+
+
+def _budget(name: str, limits: Limits, model: str = "gpt-4o") -> Budget:
+    from apim_server.config_file import DeploymentPlan
+    from ratelimit.cost import CostRule
+
+    plan = DeploymentPlan(
+        name, f"deployment:{name}", "http://127.0.0.1:9", "", "openai", CostRule.SUM, 4, {}, {}
+    )
+    return Budget(Deployment(plan, Upstream(plan.url, "", 4, 1.0), 1024), model, limits, EmbeddedStore())
+
+
+def test_a_budget_key_names_deployment_model_and_policy() -> None:
+    base = _budget("east", Limits(rpm=5, rpd=5))
+    assert base.key.startswith("deployment:east|gpt-4o|")
+    assert base.key == _budget("east", Limits(rpm=5, rpd=5)).key, "same configuration: one record"
+    others = [
+        _budget("west", Limits(rpm=5, rpd=5)),
+        _budget("east", Limits(rpm=5, rpd=5), model="gpt-4o-mini"),
+        _budget("east", Limits(rpm=6, rpd=5)),
+        _budget("east", Limits(rpm=5, rpd=5, daily_reset_tz="Asia/Seoul")),
+        _budget("east", Limits(rpm=5, rpd=5, margin_ms=100)),
+        _budget("east", Limits(rpm=60, rpd=5, short_window_s=1)),
+    ]
+    assert len({base.key, *(b.key for b in others)}) == len(others) + 1
+
+
+async def test_an_unknown_model_has_no_pool(tmp_path: Path) -> None:
+    path = write(tmp_path, "deployments:\n  - {name: a, url: http://x, models: {gpt-4o: {rpm: 5}}}")
+    gw = Gateway(Settings(), store=EmbeddedStore(), plan=load(path, Settings(), {}))
+    assert gw.router.route("gpt-4o") is not None
+    assert gw.router.route("gpt-5") is None
