@@ -117,16 +117,16 @@ def test_a_full_small_budget_never_delays_a_large_one(tmp_path: Path) -> None:
 
 
 def test_an_unknown_model_is_a_404_at_once_and_costs_nothing(tmp_path: Path) -> None:
-    with mock_with(tmp_path, {SMALL: 60}) as upstream:
-        with gateway_with(config(tmp_path, [("mock", upstream.v1, {SMALL: 60})])) as gw:
-            client = openai.OpenAI(base_url=gw.v1, api_key="sk-caller", max_retries=0)
-            with pytest.raises(openai.NotFoundError) as caught:
-                client.chat.completions.create(model="gpt-9", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
-            assert caught.value.code == "model_not_found"
-            assert mock_totals(upstream)["requests"] == 0
-            assert gw.status()["budgets"][0]["limits"]["rpm"]["used"] == 0
-            ids = [m.id for m in client.models.list()]
-            assert ids == [SMALL]
+    with mock_with(tmp_path, {SMALL: 60}) as upstream, ExitStack() as stack:
+        gw = stack.enter_context(gateway_with(config(tmp_path, [("mock", upstream.v1, {SMALL: 60})])))
+        client = openai.OpenAI(base_url=gw.v1, api_key="sk-caller", max_retries=0)
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.chat.completions.create(model="gpt-9", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+        assert caught.value.code == "model_not_found"
+        assert mock_totals(upstream)["requests"] == 0
+        assert gw.status()["budgets"][0]["limits"]["rpm"]["used"] == 0
+        ids = [m.id for m in client.models.list()]
+        assert ids == [SMALL]
 
 
 def test_one_model_on_two_deployments_uses_both(tmp_path: Path) -> None:

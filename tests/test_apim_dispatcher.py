@@ -22,13 +22,13 @@ from ratelimit.embedded import EmbeddedStore
 from ratelimit.limits import Cost, Limits
 
 
-def budget(limits: Limits, concurrency: int = 10, name: str = "test") -> Budget:
+def budget(limits: Limits, concurrency: int = 10, name: str = "test", model: str = ANY_MODEL) -> Budget:
     """One budget on a deployment nobody sends to (the dispatcher never forwards)."""
     plan = DeploymentPlan(
         name, f"deployment:{name}", "http://127.0.0.1:9/v1", "", "openai", CostRule.SUM, concurrency, {}, {}
     )
     deployment = Deployment(plan, Upstream(plan.url, "", concurrency, 1.0), 1024)
-    return Budget(deployment, ANY_MODEL, limits, EmbeddedStore())
+    return Budget(deployment, model, limits, EmbeddedStore())
 
 
 def make(limits: Limits, concurrency: int = 10, batch: int = 1, inline: bool = False) -> Dispatcher:
