@@ -20,20 +20,16 @@ import gc
 import os
 import random
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from apim_server.config import Settings  # noqa: E402
-from apim_server.config_file import ConfigFile, plan  # noqa: E402
-from apim_server.gateway import Gateway  # noqa: E402
-from apim_server.queue import Priority, Ticket  # noqa: E402
-from ratelimit.embedded import EmbeddedStore  # noqa: E402
-from ratelimit.redis_store import RedisStore  # noqa: E402
-from ratelimit.store import Store  # noqa: E402
+from apim_server.config import Settings
+from apim_server.config_file import ConfigFile, plan
+from apim_server.gateway import Gateway
+from apim_server.queue import Priority, Ticket
+from ratelimit.embedded import EmbeddedStore
+from ratelimit.redis_store import RedisStore
+from ratelimit.store import Store
 
 COUNTS = (1, 10, 100, 1000)
 BODY = {"messages": [{"role": "user", "content": "How many budgets can one gateway hold?"}], "max_tokens": 64}
