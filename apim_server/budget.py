@@ -26,6 +26,8 @@ OUT_AFTER_FAILURES = 3
 """Consecutive failures (connect errors, 5xx) after which a deployment is taken out."""
 OUT_FIRST_S = 5.0
 OUT_MAX_S = 120.0
+PROBE_WAIT_S = 10.0
+"""How long the rest wait for a probe's answer; a probe whose caller left never reports back."""
 
 
 class Deployment:
@@ -41,17 +43,18 @@ class Deployment:
         self.failures = 0  # consecutive
         self.out_for = 0.0  # length of the current time out (doubles while failures go on)
         self.reason: str | None = None
-        self.probing = False  # back from a time out: one request tries it before the rest
+        self.probing_until = 0.0  # back from a time out: one request tries it before the rest
 
     def admittable(self) -> bool:
         """Whether a request may be admitted here now (not cooling, not awaiting its probe)."""
-        if self.cooling_until > time.monotonic():
+        now = time.monotonic()
+        if self.cooling_until > now:
             return False
-        return not (self.probing and self.failures >= OUT_AFTER_FAILURES)
+        return not (self.failures >= OUT_AFTER_FAILURES and self.probing_until > now)
 
     def granted(self) -> None:
         if self.failures >= OUT_AFTER_FAILURES:
-            self.probing = True
+            self.probing_until = time.monotonic() + PROBE_WAIT_S
 
     def ready_in(self) -> float:
         return max(0.0, self.cooling_until - time.monotonic())
@@ -68,7 +71,7 @@ class Deployment:
         """
         self.failures += 1
         self.reason = reason
-        self.probing = False
+        self.probing_until = 0.0
         if self.failures >= OUT_AFTER_FAILURES:
             self.out_for = min(OUT_MAX_S, self.out_for * 2 if self.out_for else OUT_FIRST_S)
             wait_s = max(wait_s, self.out_for)
@@ -89,7 +92,7 @@ class Deployment:
         """A non-failure answer: a deployment that was out is back."""
         if self.failures >= OUT_AFTER_FAILURES:
             log.warning("deployment %s answers again: back in", self.name)
-        self.probing = False
+        self.probing_until = 0.0
         self.failures = 0
         self.out_for = 0.0
         self.reason = None

@@ -91,7 +91,7 @@ class Gateway:
             on_admit=self._on_admit,
             on_return=self.metrics.tokens_refunded.labels(kind="abandoned").inc,
         )
-        self.health._record_empty = self.router.record_empty
+        self.health.record_empty = self.router.record_empty
         self.caller_keys = CallerKeys(
             [k.get_secret_value() for k in settings.api_keys] + list(self.plan.tenant_keys)
         )

@@ -39,7 +39,7 @@ class StoreHealth:
         self.down_since: float | None = None  # monotonic
         self.hold_until = 0.0  # monotonic
         self.hold_reason: str | None = None
-        self._record_empty = record_empty
+        self.record_empty = record_empty  # set by whoever knows the budgets
         self._run_id: str | None = None
         self._handled_restart: str | None = None
         self._listeners: set[Callable[[], None]] = set()
@@ -131,7 +131,7 @@ class StoreHealth:
         return str(info.get("run_id")), float(info.get("uptime_in_seconds", 0))
 
     async def _after_restart(self, uptime_s: float) -> None:
-        empty = True if self._record_empty is None else await self._record_empty()
+        empty = True if self.record_empty is None else await self.record_empty()
         if not empty:
             log.warning("the limiter store restarted and kept its record (persistence): nothing to hold")
             return
