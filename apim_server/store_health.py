@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import ResponseError
+
 from ratelimit.redis_store import RedisStore
 from ratelimit.store import Store
 
@@ -127,7 +129,11 @@ class StoreHealth:
         """
         if not isinstance(self.store, RedisStore):
             return None, None
-        info = await self.store.redis.info("server")
+        try:
+            info = await self.store.redis.info("server")
+        except ResponseError:
+            return None, None  # INFO refused (an ACL): no restart detection, but not an outage
+
         return str(info.get("run_id")), float(info.get("uptime_in_seconds", 0))
 
     async def _after_restart(self, uptime_s: float) -> None:
