@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(
         300, gt=0, description="Longest wait in the queue; then 504 `queue_timeout` (no budget used)."
     )
-    max_queue: int = Field(10_000, ge=1, description="Requests that may wait at once; beyond, 429 at once.")
+    max_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Requests that may wait at once in one pool (one model's queue); beyond, 429 at once.",
+    )
     max_concurrency: int = Field(
         256, ge=1, description="Requests forwarded upstream at once (also the keep-alive pool size)."
     )

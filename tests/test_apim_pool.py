@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from apim_server.budget import OUT_AFTER_FAILURES
 from apim_server.dispatcher import Dispatcher
 from apim_server.queue import Priority, Ticket, TicketQueue
+from apim_server.store_health import StoreHealth
+from ratelimit.embedded import EmbeddedStore
 from ratelimit.limits import Cost, Limits
 from tests.test_apim_dispatcher import budget, granted
 
@@ -106,3 +109,21 @@ async def test_requests_of_another_pool_never_wait(pool: list[Dispatcher]) -> No
     assert all([await granted(t, within=1) for t in others])
     assert not stuck.future.done()  # type: ignore[union-attr]
     await asyncio.sleep(0)
+
+
+async def test_every_pool_waits_on_the_one_store_health(pool: list[Dispatcher]) -> None:
+    health = StoreHealth(EmbeddedStore(), window_s=60)
+    pools = [Dispatcher([budget(Limits(rpm=100), name=f"p{i}")], TicketQueue(10), health) for i in range(2)]
+    for d in pools:
+        d.start()
+        pool.append(d)
+    health.failed(ConnectionError("test: the store went away"))
+    tickets = [Ticket(Priority.NORMAL, Cost(1, 0)) for _ in pools]
+    for d, t in zip(pools, tickets, strict=True):
+        d.submit(t)
+    assert not any([await granted(t, within=0.3) for t in tickets]), "nothing admitted while it is down"
+    health.hold_until = time.monotonic() + 0.5  # as a restart that lost the record would set
+    await health.check()  # the store answers: the owner says so once, for every pool
+    assert health.down_since is None
+    assert not any(t.future.done() for t in tickets), "held for the promised time"  # type: ignore[union-attr]
+    assert all([await granted(t, within=2) for t in tickets])
