@@ -205,21 +205,3 @@ def test_three_gateways_with_one_file_share_every_budget_exactly(
             keys = {gw.status()["budgets"][0]["key"] for gw in gws}
             assert len(keys) == 1
             assert gws[0].status()["limits"]["rpm"]["used"] == 6
-
-
-@pytest.mark.usefixtures("redis_url")
-def test_two_gateways_configured_differently_never_share_a_record(
-    tmp_path: Path, redis_url: str, redis_prefix: str
-) -> None:
-    with mock_with(tmp_path, {SMALL: 0}, short=0) as upstream:
-        shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
-        three = config(tmp_path, [("mock", upstream.v1, {SMALL: 3})], short=0)
-        five = config(tmp_path, [("mock", upstream.v1, {SMALL: 5})], short=0)
-        with gateway_with(three, **shared) as g3, gateway_with(five, **shared) as g5:
-            body = {"model": SMALL, "messages": MESSAGES, "max_tokens": 8}
-            for _ in range(3):
-                assert httpx.post(f"{g3.v1}/chat/completions", json=body, timeout=30).status_code == 200
-            s3, s5 = g3.status()["budgets"][0], g5.status()["budgets"][0]
-            assert s3["key"] != s5["key"]
-            assert s3["limits"]["rpm"]["used"] == 3
-            assert s5["limits"]["rpm"]["used"] == 0, "the other policy's record is its own"

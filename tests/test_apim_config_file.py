@@ -13,7 +13,8 @@ from apim_server.config import Settings
 from apim_server.config_file import ANY_MODEL, ConfigError, from_settings, load
 from apim_server.gateway import Gateway
 from ratelimit.embedded import EmbeddedStore
-from ratelimit.limits import Limits
+from ratelimit.limits import Cost, Limits
+from ratelimit.redis_store import RedisStore
 from tests.test_apim_dispatcher import budget
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +140,41 @@ async def test_an_unknown_model_has_no_pool(tmp_path: Path) -> None:
     gw = Gateway(Settings(), store=EmbeddedStore(), plan=load(path, Settings(), {}))
     assert gw.router.route("gpt-4o") is not None
     assert gw.router.route("gpt-5") is None
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (
+            "daily_reset_tz: UTC, models: {gpt-4o: {rpd: 5}}",
+            "daily_reset_tz: Asia/Seoul, models: {gpt-4o: {rpd: 5}}",
+        ),
+        ("models: {gpt-4o: {rpm: 3}}", "models: {gpt-4o: {rpm: 5}}"),
+    ],
+    ids=["time zone", "limits"],
+)
+async def test_gateways_configured_differently_on_one_redis_never_share_a_record(
+    tmp_path: Path, redis_url: str, redis_prefix: str, one: str, other: str
+) -> None:
+    """Before budget keys carried a policy fingerprint, two instances with different time zones
+    on one key admitted 20 of 20 against an RPD of 5."""
+    gateways = []
+    for i, deployment in enumerate((one, other)):
+        path = write(tmp_path, f"deployments:\n  - {{name: up, url: http://x, {deployment}}}\n")
+        plan = load(path, Settings(), {})
+        gateways.append(
+            Gateway(Settings(), store=RedisStore.from_url(redis_url, prefix=redis_prefix), plan=plan)
+        )
+        assert i == len(gateways) - 1
+    try:
+        first, second = (gw.router.budgets[0] for gw in gateways)
+        assert first.key != second.key
+        admitted = [(await first.acquire(Cost(1, 0))).allowed for _ in range(3)]
+        assert admitted == [True, True, True]
+        assert (await second.peek()).state("requests/day").used == 0, "its own record"
+        assert (await first.peek()).state("requests/day").used == 3
+    finally:
+        for gw in gateways:
+            for deployment in gw.deployments.values():
+                await deployment.upstream.close()
+            await gw.store.close()
