@@ -97,6 +97,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
                 param="x-apim-priority",
                 code="invalid_priority",
             ) from None
+        priority = gw.priority_caps.clamp(priority, request.headers)
         pool = gw.router.route(parsed.model)
         if pool is None:
             raise model_not_found(parsed.model)

@@ -142,6 +142,8 @@ class Plan:
     deployments: tuple[DeploymentPlan, ...]
     tenant_keys: tuple[str, ...]
     source: str  # the file's name, or "settings"
+    # Tenant key -> the highest x-apim-priority it may use, for tenants that are capped.
+    priority_caps: tuple[tuple[str, str], ...] = ()
 
 
 def upstream_id(url: str) -> str:
@@ -204,4 +206,7 @@ def plan(config: ConfigFile, settings: Settings, source: str) -> Plan:
             )
         )
     keys = tuple(t.key.get_secret_value() for t in config.tenants)
-    return Plan(tuple(deployments), keys, source)
+    caps = tuple(
+        (t.key.get_secret_value(), t.max_priority) for t in config.tenants if t.max_priority != "high"
+    )
+    return Plan(tuple(deployments), keys, source, caps)

@@ -20,6 +20,7 @@ from apim_server.metrics import Metrics
 from apim_server.queue import Ticket
 from apim_server.routing import Router
 from apim_server.store_health import StoreHealth
+from apim_server.tenants import PriorityCaps
 from apim_server.upstream import Upstream
 from ratelimit.embedded import EmbeddedStore
 from ratelimit.limiter import open_store
@@ -95,6 +96,7 @@ class Gateway:
         self.caller_keys = CallerKeys(
             [k.get_secret_value() for k in settings.api_keys] + list(self.plan.tenant_keys)
         )
+        self.priority_caps = PriorityCaps(self.plan.priority_caps)
         self.accounting = Accounting(settings.refund_unused, self.metrics)
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         redis = self.store.redis if isinstance(self.store, RedisStore) else None

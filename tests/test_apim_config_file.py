@@ -12,6 +12,7 @@ from apim_server.budget import Budget
 from apim_server.config import Settings
 from apim_server.config_file import ANY_MODEL, ConfigError, from_settings, load
 from apim_server.gateway import Gateway
+from apim_server.queue import Priority
 from ratelimit.embedded import EmbeddedStore
 from ratelimit.limits import Cost, Limits
 from ratelimit.redis_store import RedisStore
@@ -178,3 +179,15 @@ async def test_gateways_configured_differently_on_one_redis_never_share_a_record
             for deployment in gw.deployments.values():
                 await deployment.upstream.close()
             await gw.store.close()
+
+
+def test_a_tenant_asking_above_its_max_priority_is_lowered_to_it(tmp_path: Path) -> None:
+    text = (
+        "deployments:\n  - {name: a, url: http://x, models: {m: {}}}\n"
+        "tenants:\n  - {name: t, key: capped, max_priority: normal}\n  - {name: u, key: free}\n"
+    )
+    gw = Gateway(Settings(), store=EmbeddedStore(), plan=load(write(tmp_path, text), Settings(), {}))
+    caps = gw.priority_caps
+    assert caps.clamp(Priority.HIGH, {"authorization": "Bearer capped"}) is Priority.NORMAL
+    assert caps.clamp(Priority.LOW, {"authorization": "Bearer capped"}) is Priority.LOW
+    assert caps.clamp(Priority.HIGH, {"api-key": "free"}) is Priority.HIGH
