@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import uvicorn
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from apim_server import logs
 from apim_server.app import create_app
 from apim_server.config import Settings, describe_error
+from apim_server.config_file import ConfigError, load
 from serving.connections import BoundedProtocol, raise_file_limit
 
 EXIT_BAD_SETTINGS = 2
@@ -25,16 +27,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes (default 1; >1 needs APIM_REDIS_URL)"
     )
+    parser.add_argument("--config", metavar="FILE", help="configuration file (YAML; overrides APIM_CONFIG)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.config:
+        # Through the environment, so that every worker process reads the same file.
+        os.environ["APIM_CONFIG"] = args.config
     try:
         settings = Settings()
     except ValidationError as exc:
         print(f"apim: {describe_error(exc)}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
+    if settings.config:
+        try:
+            load(settings.config, settings)
+        except ConfigError as exc:
+            print(f"apim: {exc}", file=sys.stderr)
+            sys.exit(EXIT_BAD_SETTINGS)
     if args.workers < 1:
         print("apim: --workers must be at least 1", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)

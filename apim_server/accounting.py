@@ -7,10 +7,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from apim_server.dispatcher import Dispatcher
+from apim_server.budget import Budget
 from apim_server.metrics import Metrics
 from apim_server.upstream import remaining_and_reset
-from ratelimit.limiter import Limiter, clamped
+from ratelimit.limiter import clamped
 from ratelimit.limits import Decision
 
 log = logging.getLogger("apim.accounting")
@@ -49,18 +49,15 @@ class Accounting:
     """Mirrors the upstream's bookkeeping: the estimate was charged at admission; usage above
     it is charged at once; unused estimate is refunded only in refund mode."""
 
-    def __init__(
-        self, limiter: Limiter, key: str, refund_unused: bool, metrics: Metrics, dispatcher: Dispatcher
-    ) -> None:
-        self.limiter = limiter
-        self.key = key
+    def __init__(self, refund_unused: bool, metrics: Metrics) -> None:
         self.refund_unused = refund_unused
         self.metrics = metrics
-        self.dispatcher = dispatcher
         self._excess = metrics.tokens_charged.labels(kind="excess")
         self._unused = metrics.tokens_refunded.labels(kind="unused")
 
-    async def settle(self, estimate: int, decision: Decision, usage: Mapping[str, Any] | None) -> int | None:
+    async def settle(
+        self, budget: Budget, estimate: int, decision: Decision, usage: Mapping[str, Any] | None
+    ) -> int | None:
         """Charge usage above ``estimate`` (or refund below it, opt-in); the actual tokens."""
         if usage is None:
             return None
@@ -74,16 +71,16 @@ class Accounting:
         self.metrics.estimate_error.observe(estimate - actual)
         try:
             if actual > estimate:
-                await self.limiter.charge(self.key, actual - estimate)
+                await budget.charge(actual - estimate)
                 self._excess.inc(actual - estimate)
             elif self.refund_unused and actual < estimate:
-                await self.limiter.refund(self.key, estimate - actual, decision.now_ms)
+                await budget.refund(estimate - actual, decision.now_ms)
                 self._unused.inc(estimate - actual)
         except Exception:
             log.exception("could not settle usage with the limiter store")
         return actual
 
-    async def check_drift(self, headers: Mapping[str, str], decision: Decision) -> None:
+    async def check_drift(self, budget: Budget, headers: Mapping[str, str], decision: Decision) -> None:
         """Compare the upstream's ``x-ratelimit-remaining-*`` with ours; pause on real drift.
 
         The upstream saying 0 is normal when we fill the budget exactly; it only means drift
@@ -104,7 +101,7 @@ class Accounting:
         if not exhausted:
             return
         try:
-            now = await self.limiter.peek(self.key)
+            now = await budget.peek()
         except Exception:
             log.exception("could not read the limiter store to check drift")
             return
@@ -113,10 +110,11 @@ class Accounting:
             if ours.limit and ours.remaining == 0:
                 continue
             log.warning(
-                "drift: upstream reports 0 %s remaining while we count %s left; pausing admission %.2fs",
+                "drift: upstream reports 0 %s remaining for %s while we count %s left; pausing it %.2fs",
                 kind,
+                budget.name,
                 ours.remaining if ours.limit else "no limit",
                 reset,
             )
             self.metrics.drift_pauses.inc()
-            self.dispatcher.pause(reset)
+            budget.pause(reset)

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from apim_server import logs, routes
 from apim_server.chat import chat_completions
 from apim_server.config import Settings
+from apim_server.config_file import load
 from apim_server.cors import GatewayCORS
 from apim_server.gateway import Gateway
 from apim_server.openapi import install as install_openapi
@@ -98,7 +99,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     settings = settings or Settings()
     # Here rather than in main(): with --workers each worker process builds its own app.
     logs.configure(settings.log_level)
-    gateway = Gateway(settings)
+    plan = load(settings.config, settings) if settings.config else None
+    gateway = Gateway(settings, plan=plan)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

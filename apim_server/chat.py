@@ -102,8 +102,12 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
                 param="x-apim-priority",
                 code="invalid_priority",
             ) from None
-        cost = gw.estimator.estimate(data)
-        over = gw.limiter.too_large(cost)
+        priority = gw.priority_caps.clamp(priority, request.headers)
+        pool = gw.router.route(parsed.model)
+        if pool is None:
+            raise model_not_found(parsed.model)
+        cost = pool.estimate(data)
+        over = pool.too_large(cost)
         if over is not None:
             requested = cost.tokens if over.name.startswith("tokens") else cost.requests
             raise too_large_error(parsed.model, over.name, over.limit, requested)
@@ -120,9 +124,21 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         raw = json.dumps(data, separators=(",", ":")).encode()
     exchange = Exchange(
-        gw, request, Ticket(priority, cost), raw, stream, include_usage, parsed.model, request_id
+        gw, pool, request, Ticket(priority, cost), raw, stream, include_usage, parsed.model, request_id
     )
     return await exchange.run()
+
+
+def model_not_found(model: str) -> APIError:
+    """No deployment serves ``model``: OpenAI's 404, at once, costing no budget."""
+    shown = model if len(model) <= 256 else model[:256] + "..."
+    return APIError(
+        404,
+        f"The model `{shown}` does not exist or you do not have access to it.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _parse(raw: bytes) -> dict[str, Any]:

@@ -43,7 +43,6 @@ class Cluster:
         self._index = f"{tag}:instances"
         self._prefix = f"{tag}:instance:"
         self._task: asyncio.Task[None] | None = None
-        self._run_id: str | None = None
 
     def start(self) -> None:
         if self.store is not None:
@@ -66,17 +65,6 @@ class Cluster:
                 )
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.debug("could not withdraw this instance from the cluster view")
-
-    async def check_server(self) -> None:
-        """Notice that the server holding the budget changed between two looks (a new run id: it
-        restarted, or a replica took over), even in an outage too short for any command to fail:
-        the store's record may be gone or behind."""
-        assert self.store is not None
-        run_id = (await self.store.server(self.budget_key)).run_id
-        if self._run_id is not None and run_id != self._run_id and self.on_failure is not None:
-            log.warning("the Redis server holding the budget changed (new run id: a restart or a failover)")
-            self.on_failure(ConnectionError("the Redis server holding the budget changed"))
-        self._run_id = run_id
 
     async def publish(self) -> None:
         assert self.store is not None
@@ -113,9 +101,8 @@ class Cluster:
         while True:
             try:
                 await self.publish()
-                await self.check_server()
                 failing = False
-            except Exception as exc:  # noqa: BLE001 - any failure: say so once, tell the dispatcher
+            except Exception as exc:  # noqa: BLE001 - any failure: say so once, tell the store's health
                 if not failing:
                     log.warning("could not publish this instance's figures to Redis: %s", exc)
                 failing = True

@@ -21,6 +21,12 @@ class Settings(ConnectionSettings):
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
+    config: str = Field(
+        "",
+        description="Path of the configuration file (YAML: deployments, their models and limits, "
+        "tenants; see README). Empty = the APIM_* settings below describe one deployment serving "
+        "every model with one budget.",
+    )
     upstream_url: str = Field(
         "http://127.0.0.1:8000/v1",
         description="Base URL of the upstream OpenAI-compatible API (ends before `/chat/completions`).",
@@ -81,7 +87,11 @@ class Settings(ConnectionSettings):
     queue_timeout_s: float = Field(
         300, gt=0, description="Longest wait in the queue; then 504 `queue_timeout` (no budget used)."
     )
-    max_queue: int = Field(10_000, ge=1, description="Requests that may wait at once; beyond, 429 at once.")
+    max_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Requests that may wait at once in one pool (one model's queue); beyond, 429 at once.",
+    )
     max_concurrency: int = Field(
         256, ge=1, description="Requests forwarded upstream at once (also the keep-alive pool size)."
     )

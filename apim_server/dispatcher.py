@@ -1,9 +1,17 @@
-"""Admission in queue order through the shared limiter; forwarding is left to each request.
+"""Admission in queue order for one pool (the budgets that serve one model); forwarding is left
+to each request.
 
-One task runs ``Dispatcher.run``: it takes the head of the queue, reserves a concurrency
-slot, asks the limiter, and either grants the ticket (its request then forwards on its own
-coroutine, so admission never waits on a response) or sleeps exactly as long as the
-limiter says, waking early when the head changes, a slot frees, or admission pauses.
+One task per pool runs ``Dispatcher.run``: it takes the head of the pool's queue, reserves a
+concurrency slot on a member's deployment, asks that member's budget, and either grants (the
+request then forwards on its own coroutine, so admission never waits on a response) or sleeps
+exactly as long as the budgets say, waking early when the head changes, a slot frees, or the
+store's health changes. Pools never wait on each other: each has its own queue and task.
+
+Earliest fit: members are asked in configuration order, skipping any that cannot take the head
+now (paused or cooling, out of service, no free slot, or known from an earlier ask to need
+longer for this head); the first that admits wins. When none does, the dispatcher sleeps until
+the soonest of the members' waits and asks again, so the head goes to whichever member frees
+first, and no request of the pool overtakes it.
 """
 
 from __future__ import annotations
@@ -12,16 +20,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
+from apim_server.budget import Budget
+from apim_server.grant import Grant
 from apim_server.queue import Priority, QueueFull, State, Ticket, TicketQueue
-from ratelimit.limiter import Limiter
+from apim_server.slots import Slot
+from apim_server.store_health import StoreHealth
 from ratelimit.limits import Decision
 
 log = logging.getLogger("apim.dispatcher")
 
 STORE_RETRY_S = 0.5
 """Pause after a store error (Redis down) before asking again; requests keep waiting."""
+
+
+PROBE_POLL_S = 0.05
+"""How often a pool looks again at a deployment whose probe request is still out."""
 
 
 class Closed(Exception):
@@ -67,39 +82,35 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 
 
 class Dispatcher:
-    """Admits queued tickets one at a time, in order, as fast as the budget allows."""
+    """Admits one pool's queued tickets one at a time, in order, as fast as its budgets allow."""
 
     def __init__(
         self,
-        limiter: Limiter,
-        key: str,
+        members: list[Budget],
         queue: TicketQueue,
-        max_concurrency: int,
-        on_admit: Callable[[Ticket, Decision], None] | None = None,
+        health: StoreHealth | None = None,
+        on_admit: Callable[[Ticket, Budget, Decision], None] | None = None,
         batch_size: int = 1,
         inline: bool = False,
-        on_return: Callable[[int], None] | None = None,
-        store_restarted: Callable[[float], Awaitable[bool]] | None = None,
+        name: str = "pool",
     ) -> None:
-        self.limiter = limiter
-        self.key = key
+        self.members = members
         self.queue = queue
-        self.max_concurrency = max_concurrency
-        self.batch_size = batch_size
+        self.health = health
+        self.batch_size = batch_size if len(members) == 1 else 1
         self.inline = inline
-        self.in_flight = 0
-        self.paused_until = 0.0  # monotonic
+        self.name = name
         self.last_decision: Decision | None = None
         self.closed = False
-        self.store_down_since: float | None = None  # monotonic; set while admissions fail
         self._on_admit = on_admit
-        self._on_return = on_return
-        self._store_restarted = store_restarted
         self._wake = Wakeup()
         self._idle = False  # waiting for an arrival
-        self._want_slot = False  # waiting for a forwarded request to end
         self._watching: Ticket | None = None  # the denied head it sleeps for
+        self._denied: dict[int, float] = {}  # member index -> monotonic time the head may fit there
+        self._denied_for: Ticket | None = None
         self._task: asyncio.Task[None] | None = None
+        if health is not None:
+            health.listen(self._wake.set)
 
     # -- the request side ---------------------------------------------------------------
 
@@ -112,35 +123,32 @@ class Dispatcher:
         if self._idle or (watching is not None and ticket.priority < watching.priority):
             self._wake.set()
 
-    async def admit_now(self, ticket: Ticket) -> Decision | None:
+    async def admit_now(self, ticket: Ticket) -> Grant | None:
         """Admit a new request on the caller's own coroutine when nothing waits before it.
 
         Only with an in-process store (``inline``), whose admission never suspends: then this
         runs as one step of the event loop, so no other request can slip in between and queue
         order holds, and the round trip through the dispatcher task is saved. None when the
-        request must queue (others wait, a pause, no free slot, or the budget says no).
+        request must queue (others wait, a hold, no free slot, or the budgets say no).
         """
-        if (
-            not self.inline
-            or self.closed
-            or self.queue.depth
-            or self.in_flight >= self.max_concurrency
-            or self.paused_until > time.monotonic()
-        ):
+        if not self.inline or self.closed or self.queue.depth:
             return None
-        decision = await self.limiter.acquire(self.key, ticket.cost)
-        self.last_decision = decision
-        if not decision.allowed:
+        if self.health is not None and self.health.wait_s() is not None:
             return None
-        ticket.state = State.GRANTED
-        ticket.decision = decision
-        self.in_flight += 1
-        if self._on_admit is not None:
-            self._on_admit(ticket, decision)
-        return decision
+        for member in self.members:
+            if not _can_try(member, ticket):
+                continue
+            slot = member.deployment.slots.take()
+            decision = await member.acquire(ticket.cost)
+            self.last_decision = decision
+            if decision.allowed:
+                ticket.state = State.GRANTED
+                return self._grant(ticket, member, decision, slot)
+            slot.release()
+        return None
 
     def requeue(self, ticket: Ticket) -> None:
-        """Put a request back at the head of its class (upstream 429, retry)."""
+        """Put a request back at the head of its class (upstream 429, retry, failover)."""
         if self.closed:
             raise Closed
         self.queue.push_front(ticket)
@@ -156,22 +164,26 @@ class Dispatcher:
             self._wake.set()
         return True
 
-    def release(self) -> None:
-        """A granted request is done with its slot (answered, failed, or abandoned)."""
-        self.in_flight -= 1
-        if self._want_slot:
-            self._wake.set()
+    def wake(self) -> None:
+        self._wake.set()
 
-    def pause(self, seconds: float) -> None:
-        """Admit nothing for ``seconds`` (the upstream said so); extends, never shortens."""
-        until = time.monotonic() + seconds
-        if until > self.paused_until:
-            self.paused_until = until
-            self._wake.set()
+    @property
+    def in_flight(self) -> int:
+        """Requests out on this pool's deployments (shared with other pools they serve)."""
+        seen: dict[int, int] = {}
+        for member in self.members:
+            seen[id(member.deployment)] = member.deployment.slots.used
+        return sum(seen.values())
 
     @property
     def paused_for(self) -> float:
-        return max(0.0, self.paused_until - time.monotonic())
+        """How long before any member may admit again (0 when one may now)."""
+        waits = [m.ready_in() for m in self.members]
+        held = self.health.wait_s() if self.health is not None else None
+        own = min(waits) if waits else 0.0
+        if held is not None and held != float("inf"):
+            own = max(own, held)
+        return own
 
     def expected_wait_ms(self) -> int:
         """A hint for ``retry-after`` on a full queue: the head's wait, or the pause."""
@@ -183,7 +195,7 @@ class Dispatcher:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="apim-dispatcher")
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"apim-dispatcher-{self.name}")
 
     def close(self) -> list[Ticket]:
         """Stop admitting; every waiting ticket's future fails with Closed. Returns them."""
@@ -216,81 +228,108 @@ class Dispatcher:
                 await self._wake.wait(STORE_RETRY_S)
 
     async def _step(self) -> None:
-        if self.in_flight >= self.max_concurrency:
-            # Reserve the slot before admission: budget is never spent on what cannot be sent.
-            self._want_slot = True
-            await self._wake.wait()
-            self._want_slot = False
-            return
         head = self.queue.head()
         if head is None:
             self._idle = True
             await self._wake.wait()
             self._idle = False
             return
-        paused = self.paused_until - time.monotonic()
-        if paused > 0:
-            await self._wake.wait(paused)
-            return
-        if self.store_down_since is not None:
-            # Nothing is admitted until the store has been seen to keep its record.
-            await self._check_recovery()
+        if self.health is not None:
+            held = self.health.wait_s()
+            if held is not None:
+                # Down (wait for the health owner's word) or held after a restart (its time).
+                await self._wake.wait(None if held == float("inf") else held)
+                return
+        member, index, soonest = self._choose(head)
+        if member is None:
+            self._watching = head
+            try:
+                await self._wake.wait(soonest)
+            finally:
+                self._watching = None
             return
 
-        batch = self._batch(head)
+        batch = self._batch(head, member)
         if len(batch) > 1:
-            await self._admit_batch(batch)
+            await self._admit_batch(batch, member)
             return
 
         head.state = State.ADMITTING
+        slot = member.deployment.slots.take()
         try:
-            decision = await self.limiter.acquire(self.key, head.cost)
+            decision = await member.acquire(head.cost)
         except Exception as exc:  # noqa: BLE001 - any store failure holds admission, said once
+            slot.release()
             if head.state is State.ADMITTING:
                 head.state = State.QUEUED
             self._store_failed(exc)
             await self._wake.wait(STORE_RETRY_S)
             return
-        self._store_ok()
         self.last_decision = decision
-        if not await self._settle(head, decision):
+        if await self._settle(head, member, decision, slot):
             return
-
         head.state = State.QUEUED
-        self._watching = head
-        try:
-            await self._wake.wait(max(decision.wait_ms, 1) / 1000)
-        finally:
-            self._watching = None
+        self._denied[index] = time.monotonic() + max(decision.wait_ms, 1) / 1000
+        # The next step asks the next member, or sleeps until the soonest of their waits.
 
-    async def _settle(self, ticket: Ticket, decision: Decision) -> bool:
-        """Grant an allowed ticket; True only if it was denied and is still waiting."""
+    def _choose(self, head: Ticket) -> tuple[Budget | None, int, float | None]:
+        """The first member that may be asked about ``head`` now (with its index), or None and
+        how long until the soonest member may be (None: until a slot frees or a wake-up)."""
+        if self._denied_for is not head:
+            self._denied_for = head
+            self._denied.clear()
+        now = time.monotonic()
+        soonest: float | None = None
+        for i, candidate in enumerate(self.members):
+            if candidate.limiter.too_large(head.cost) is not None:
+                continue
+            wait = max(candidate.ready_in(), self._denied.get(i, now) - now)
+            if wait <= 0 and not candidate.deployment.admittable():
+                wait = PROBE_POLL_S  # its probe is out: the answer decides
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            if candidate.deployment.slots.free <= 0:
+                # Reserve the slot before admission: budget is never spent on what cannot be sent.
+                candidate.deployment.slots.want(self._wake.set)
+                continue
+            return candidate, i, None
+        return None, -1, soonest
+
+    async def _settle(self, ticket: Ticket, member: Budget, decision: Decision, slot: Slot) -> bool:
+        """Grant an allowed ticket; False only if it was denied and is still waiting."""
         if ticket.state is not State.ADMITTING:
             # The caller left (or shutdown began) during the store round trip.
+            slot.release()
             if decision.allowed:
-                await self.return_tokens(ticket, decision)
-            return False
-        if not decision.allowed:
+                await member.return_tokens(ticket.cost.tokens, decision)
             return True
+        if not decision.allowed:
+            slot.release()
+            return False
         self.queue.leave(ticket, State.GRANTED)
-        self.in_flight += 1
-        ticket.decision = decision
-        if self._on_admit is not None:
-            self._on_admit(ticket, decision)
+        grant = self._grant(ticket, member, decision, slot)
         assert ticket.future is not None
-        ticket.future.set_result(decision)
-        return False
+        ticket.future.set_result(grant)
+        return True
 
-    def _batch(self, head: Ticket) -> list[Ticket]:
+    def _grant(self, ticket: Ticket, member: Budget, decision: Decision, slot: Slot) -> Grant:
+        ticket.decision = decision
+        member.deployment.granted()
+        if self._on_admit is not None:
+            self._on_admit(ticket, member, decision)
+        return Grant(member, decision, slot, ticket)
+
+    def _batch(self, head: Ticket, member: Budget) -> list[Ticket]:
         """The next tickets to ask about at once, or just the head.
 
         A shared store costs a network round trip per admission; asked one at a time, that
         round trip caps the gateway's rate. Far from every limit, several queued tickets are
         asked about concurrently: all of them fit, so queue order is kept. Near a limit (less
         than twice the batch's cost left in any limit, as of the latest decision) admission
-        goes one at a time again, so a denied head is never overtaken.
+        goes one at a time again, so a denied head is never overtaken. Single-member pools only.
         """
-        free = self.max_concurrency - self.in_flight
+        free = member.deployment.slots.free
         last = self.last_decision
         if self.batch_size < 2 or free < 2 or last is None or not last.allowed:
             return [head]
@@ -301,98 +340,42 @@ class Dispatcher:
                 return [head]
         return tickets
 
-    async def _admit_batch(self, batch: list[Ticket]) -> None:
+    async def _admit_batch(self, batch: list[Ticket], member: Budget) -> None:
+        slots = []
         for ticket in batch:
             ticket.state = State.ADMITTING
-        results = await asyncio.gather(
-            *(self.limiter.acquire(self.key, t.cost) for t in batch), return_exceptions=True
-        )
+            slots.append(member.deployment.slots.take())
+        results = await asyncio.gather(*(member.acquire(t.cost) for t in batch), return_exceptions=True)
         failed: BaseException | None = None
-        for ticket, result in zip(batch, results, strict=True):
+        for ticket, slot, result in zip(batch, slots, results, strict=True):
             if isinstance(result, BaseException):
+                slot.release()
                 failed = result
                 if ticket.state is State.ADMITTING:
                     ticket.state = State.QUEUED
                 continue
             if self.last_decision is None or result.now_ms >= self.last_decision.now_ms:
                 self.last_decision = result
-            if await self._settle(ticket, result):
+            if not await self._settle(ticket, member, result, slot):
                 ticket.state = State.QUEUED  # denied: the next step waits for it alone
         if failed is not None:
             self._store_failed(failed)
             await self._wake.wait(STORE_RETRY_S)
-        else:
-            self._store_ok()
 
     def _store_failed(self, exc: BaseException) -> None:
-        """Admission is held while the store is unreachable: said once, not every retry."""
-        if self.store_down_since is None:
-            self.store_down_since = time.monotonic()
-            log.error(
-                "limiter store unreachable (%s: %s): admission held, queued requests wait; "
-                "retrying every %.1fs",
-                type(exc).__name__,
-                exc,
-                STORE_RETRY_S,
-            )
+        if self.health is not None:
+            self.health.failed(exc)
         else:
-            log.debug("limiter store still unreachable: %s", exc)
+            log.warning("limiter store call failed: %s", exc)
 
-    def note_store_failure(self, exc: BaseException) -> None:
-        """Another user of the store (the cluster view) found it unreachable: an idle instance
-        learns of an outage too, and checks the store's record before its next admission."""
-        self._store_failed(exc)
 
-    async def _check_recovery(self) -> None:
-        """After an outage: is the store back, and does it still hold the last window's admissions?
-
-        A Redis restarted without persistence comes back empty: admitting at once could send a
-        whole budget on top of what the upstream still counts from before the outage. Nothing was
-        admitted anywhere since the outage began (no instance admits without the store), so
-        pausing until one window after that instant clears the upstream's window.
-        """
-        assert self.store_down_since is not None
-        try:
-            usage = await self.limiter.peek(self.key)
-            restarted = False
-            if self._store_restarted is not None:
-                restarted = await self._store_restarted(time.monotonic() - self.store_down_since)
-        except Exception as exc:  # noqa: BLE001 - still down: keep holding
-            self._store_failed(exc)
-            await self._wake.wait(STORE_RETRY_S)
-            return
-        empty = all(state.used == 0 for state in usage.states if "/day" not in state.name)
-        if restarted and empty:
-            hold = self.store_down_since + self.limiter.policy.longest_ms / 1000 - time.monotonic()
-            if hold > 0:
-                log.warning(
-                    "the limiter store restarted empty during the outage (its record of the last "
-                    "window is lost): admission paused %.1fs more so that the upstream's window clears; "
-                    "give Redis persistence (appendonly yes) to avoid this",
-                    hold,
-                )
-                self.pause(hold)
-        self._store_ok()
-
-    def _store_ok(self) -> None:
-        if self.store_down_since is not None:
-            log.warning(
-                "limiter store reachable again after %.1fs: admission resumes",
-                time.monotonic() - self.store_down_since,
-            )
-            self.store_down_since = None
-
-    async def return_tokens(self, ticket: Ticket, decision: Decision) -> None:
-        """An admission that will not be sent: give its tokens back (the request stays counted)."""
-        if ticket.cost.tokens <= 0:
-            return
-        try:
-            await self.limiter.refund(self.key, ticket.cost.tokens, decision.now_ms)
-        except Exception:
-            log.exception("could not return the tokens of an abandoned admission")
-            return
-        if self._on_return is not None:
-            self._on_return(ticket.cost.tokens)
+def _can_try(member: Budget, ticket: Ticket) -> bool:
+    return (
+        member.ready_in() <= 0
+        and member.deployment.admittable()
+        and member.deployment.slots.free > 0
+        and member.limiter.too_large(ticket.cost) is None
+    )
 
 
 __all__ = ["Closed", "Dispatcher", "Priority", "QueueFull", "Ticket", "TicketQueue", "Wakeup"]

@@ -1,4 +1,5 @@
-"""One chat request's life: wait for admission, forward, retry, settle, answer, log.
+"""One chat request's life: wait for admission in its pool, forward, retry or fail over, settle,
+answer, log.
 
 The request's own coroutine does the forwarding once the dispatcher grants it, so no task is
 spawned per request; a disconnect watcher is started only for a request that is still
@@ -17,19 +18,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from apim_server.accounting import usage_of
+from apim_server.budget import Deployment
 from apim_server.dispatcher import Closed
+from apim_server.grant import Grant
 from apim_server.queue import QueueFull, Ticket
 from apim_server.streaming import UsageTap
 from apim_server.upstream import final_429, passed_back, retry_wait_s
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
-from ratelimit.limits import Decision
 
 if TYPE_CHECKING:
     from apim_server.gateway import Gateway
+    from apim_server.routing import Pool
 
 log = logging.getLogger("apim.request")
 
@@ -76,8 +79,23 @@ def shutdown_error() -> APIError:
     )
 
 
+class RelayResponse(StreamingResponse):
+    """A streamed answer that gives its grant's slot back however it ends, even when the caller
+    is gone before the first chunk and the body is never iterated."""
+
+    def __init__(self, grant: Grant, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(content, status_code=200, headers=headers)
+        self.grant = grant
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.grant.release()
+
+
 class Exchange:
-    """A chat request after validation: its ticket, its upstream body and headers, its figures."""
+    """A chat request after validation: its pool, ticket, upstream body and headers, figures."""
 
     __slots__ = (
         "attempts",
@@ -87,6 +105,7 @@ class Exchange:
         "include_usage",
         "last_error",
         "model",
+        "pool",
         "queue_s",
         "request",
         "request_id",
@@ -100,6 +119,7 @@ class Exchange:
     def __init__(
         self,
         gw: Gateway,
+        pool: Pool,
         request: Request,
         ticket: Ticket,
         body: bytes,
@@ -109,6 +129,7 @@ class Exchange:
         request_id: str,
     ) -> None:
         self.gw = gw
+        self.pool = pool
         self.request = request
         self.ticket = ticket
         self.body = body
@@ -116,7 +137,7 @@ class Exchange:
         self.include_usage = include_usage
         self.model = model
         self.request_id = request_id
-        self.up_headers = gw.upstream.headers(request.scope["headers"], request_id)
+        self.up_headers: tuple[Deployment, list[tuple[bytes, bytes]]] | None = None
         self.deadline = ticket.arrived + gw.settings.queue_timeout_s
         self.attempts = 0
         self.queue_s = 0.0
@@ -131,11 +152,15 @@ class Exchange:
         requeue = False
         while True:
             try:
-                decision = await self._admission(requeue)
+                grant = await self._admission(requeue)
             except (QueueFull, Closed, _Timeout, _Disconnected) as exc:
                 return self._not_admitted(exc)
             self.attempts += 1
-            answer = await self._attempt(decision)
+            try:
+                answer = await self._attempt(grant)
+            except BaseException:
+                grant.release()  # cancelled mid-forward: the slot comes back (idempotent)
+                raise
             if answer is not None:
                 return answer
             requeue = True
@@ -149,7 +174,7 @@ class Exchange:
                     "The gateway's queue is full; retry after the indicated time.",
                     type="requests",
                     code="queue_full",
-                    headers=retry_after_headers(max(1000, self.gw.dispatcher.expected_wait_ms())),
+                    headers=retry_after_headers(max(1000, self.pool.dispatcher.expected_wait_ms())),
                 )
             )
         if isinstance(exc, Closed):
@@ -159,7 +184,7 @@ class Exchange:
         if self.last_error is not None:
             # A retry that ran out of time: the caller gets the upstream's last error.
             return self.finish(self.last_error)
-        if self.gw.dispatcher.store_down_since is not None:
+        if self.gw.health.unreachable:
             # Not the budget's fault: nothing is admitted while the shared budget is unknown.
             return self.error(
                 APIError(
@@ -179,20 +204,32 @@ class Exchange:
                 type="timeout",
                 code="queue_timeout",
                 # When it could fit: the budget's wait or the upstream's pause (after its 429s).
-                headers=retry_after_headers(max(1000, self.gw.dispatcher.expected_wait_ms())),
+                headers=retry_after_headers(max(1000, self.pool.dispatcher.expected_wait_ms())),
             )
         )
 
-    async def _attempt(self, decision: Decision) -> Response | None:
+    def _headers_for(self, deployment: Deployment) -> list[tuple[bytes, bytes]]:
+        found = self.up_headers
+        if found is None or found[0] is not deployment:
+            found = self.up_headers = (
+                deployment,
+                deployment.upstream.headers(self.request.scope["headers"], self.request_id),
+            )
+        return found[1]
+
+    async def _attempt(self, grant: Grant) -> Response | None:
         """One forward of an admitted request: the final answer, or None to queue it again."""
         gw = self.gw
+        decision = grant.decision
+        budget = grant.budget
+        deployment = budget.deployment
         started = time.monotonic()
         # On one clock (ours): from asking the store, which admits no earlier, to leaving.
         gw.metrics.dispatched(max(0.0, started - decision.asked_at))
         try:
-            upstream = await gw.upstream.chat(self.body, self.up_headers)
+            upstream = await deployment.upstream.chat(self.body, self._headers_for(deployment))
         except httpx.TransportError as exc:
-            gw.dispatcher.release()
+            grant.release()
             self._upstream_done("error", started)
             if isinstance(exc, httpx.TimeoutException) and not isinstance(
                 exc, httpx.ConnectTimeout | httpx.PoolTimeout
@@ -202,17 +239,20 @@ class Exchange:
                     APIError(504, "The upstream API did not answer in time.", code="upstream_timeout")
                 )
             return await self._retry_or(
+                grant,
                 APIError(
                     502,
                     f"Could not reach the upstream API ({type(exc).__name__}).",
                     type="server_error",
                     code="upstream_unreachable",
-                ).response()
+                ).response(),
+                type(exc).__name__,
             )
 
         status = upstream.status_code
         if self.stream and status == 200:
-            return self._relay(upstream, decision, started)
+            deployment.answered()
+            return self._relay(upstream, grant, started)
         content: bytes | None = None
         try:
             content = await upstream.aread()
@@ -220,15 +260,19 @@ class Exchange:
             pass
         finally:
             await upstream.aclose()
-            gw.dispatcher.release()
+            grant.release()
         self._upstream_done(status if content is not None else "error", started)
         if content is None:
             return await self._retry_or(
+                grant,
                 APIError(
                     502, "The upstream API closed the connection mid-answer.", code="upstream_unreachable"
-                ).response()
+                ).response(),
+                "connection closed mid-answer",
             )
-        if status in (401, 403) and gw.upstream.own_key:
+        if status < 500:
+            deployment.answered()
+        if status in (401, 403) and deployment.upstream.own_key:
             # Our key, not the caller's: the caller can do nothing about it, and the upstream's
             # message may quote part of the key.
             log.error("the upstream refused the gateway's key (APIM_UPSTREAM_API_KEY): %d", status)
@@ -237,39 +281,58 @@ class Exchange:
             wait_s = retry_wait_s(upstream.headers)
             gw.metrics.upstream_rate_limited.inc()
             log.warning(
-                "upstream 429 for %s: admission paused %.3fs, request back at the head of the queue",
+                "upstream 429 for %s on %s: that budget paused %.3fs, request back at the head of its queue",
                 self.request_id,
+                budget.name,
                 wait_s,
             )
-            gw.dispatcher.pause(wait_s)
+            budget.pause(wait_s)
             return None
         if status >= 500:
             return await self._retry_or(
-                Response(gw.redactor.body(content), status, headers=self._passed_back(upstream))
+                grant,
+                Response(gw.redactor.body(content), status, headers=self._passed_back(upstream)),
+                f"HTTP {status}",
+                retry_wait_s(upstream.headers) if "retry-after" in upstream.headers else None,
             )
         actual = None
         if status < 300:
-            actual = await gw.accounting.settle(self.ticket.cost.tokens, decision, usage_of(content))
-        await gw.accounting.check_drift(upstream.headers, decision)
+            actual = await gw.accounting.settle(budget, self.ticket.cost.tokens, decision, usage_of(content))
+        await gw.accounting.check_drift(budget, upstream.headers, decision)
         headers = self._passed_back(upstream)
         headers.update(self._own_headers())
         self._record(status, actual)
         return Response(gw.redactor.body(content), status, headers=headers)
 
-    async def _retry_or(self, failure: Response) -> Response | None:
-        """After a connect error or 5xx: None (back off, then queue again) while retries last."""
+    async def _retry_or(
+        self, grant: Grant, failure: Response, reason: str, wait_s: float | None = None
+    ) -> Response | None:
+        """After a connect error or 5xx: None (queue again) while retries last, else the failure.
+
+        When another deployment of the pool is in service this is a failover, not a retry: the
+        failed deployment cools (or is taken out) and the request goes straight back to the head
+        of its queue, where the other member takes it; no retry of the caller's is spent.
+        """
+        self.last_error = failure
+        if self.pool.others_in_service(grant):
+            attempt = grant.budget.deployment.failures + 1
+            grant.budget.deployment.failed(reason, wait_s if wait_s is not None else _backoff_s(attempt))
+            return None
         if self.retries_left <= 0:
             return self.finish(failure)
         self.retries_left -= 1
-        self.last_error = failure
         await self._backoff(self.gw.settings.upstream_retries - self.retries_left)
         return None
 
     # -- waiting ----------------------------------------------------------------------------
 
-    async def _admission(self, requeue: bool) -> Decision:
-        """Queue (or requeue at the head) and wait for the grant, the deadline, or a hang-up."""
-        dispatcher = self.gw.dispatcher
+    async def _admission(self, requeue: bool) -> Grant:
+        """Queue (or requeue at the head) and wait for the grant, the deadline, or a hang-up.
+
+        However this coroutine ends, the ticket is never left behind: cancelled while queued, it
+        is withdrawn; cancelled once granted, the grant is withdrawn (slot and tokens back).
+        """
+        dispatcher = self.pool.dispatcher
         ticket = self.ticket
         # A first wait counts from arrival, as the deadline does, so a timed-out request never
         # reports less than APIM_QUEUE_TIMEOUT_S.
@@ -277,48 +340,63 @@ class Exchange:
         if requeue:
             dispatcher.requeue(ticket)
         else:
-            decision = await dispatcher.admit_now(ticket)
-            if decision is not None:
+            grant = await dispatcher.admit_now(ticket)
+            if grant is not None:
                 self.queue_s += time.monotonic() - entered
-                return decision
+                return grant
             dispatcher.submit(ticket)
         future = ticket.future
         assert future is not None
         try:
-            hung_up = False
+            return await self._granted(future, entered)
+        except (_Timeout, _Disconnected):
+            raise  # already withdrawn
+        except BaseException:
             if not future.done():
-                await asyncio.wait((future,), timeout=max(0.0, min(GRACE_S, self.deadline - entered)))
-            left = self.deadline - time.monotonic()
-            if not future.done() and left > 0:
-                watcher = asyncio.ensure_future(_disconnected(self.request.receive))
-                try:
-                    await asyncio.wait((future, watcher), timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    watcher.cancel()
-                hung_up = watcher.done() and not watcher.cancelled() and watcher.exception() is None
-            if not future.done() and dispatcher.cancel(ticket):
-                raise _Disconnected if hung_up else _Timeout
-            decision = future.result()
-            if hung_up:
-                # Granted just as the caller left: nothing will be sent, so give the slot and
-                # the tokens back (the request itself stays counted: a store cannot return it).
-                dispatcher.release()
-                await dispatcher.return_tokens(ticket, decision)
-                raise _Disconnected
-            return decision
+                dispatcher.cancel(ticket)
+            elif not future.cancelled() and future.exception() is None:
+                # Granted, but this request will not go on (cancelled): give it back.
+                future.result().withdraw_soon()
+            raise
         finally:
             self.queue_s += time.monotonic() - entered
 
+    async def _granted(self, future: asyncio.Future[Grant], entered: float) -> Grant:
+        """The grant, or _Timeout / _Disconnected (the ticket then withdrawn)."""
+        dispatcher = self.pool.dispatcher
+        ticket = self.ticket
+        hung_up = False
+        if not future.done():
+            await asyncio.wait((future,), timeout=max(0.0, min(GRACE_S, self.deadline - entered)))
+        left = self.deadline - time.monotonic()
+        if not future.done() and left > 0:
+            watcher = asyncio.ensure_future(_disconnected(self.request.receive))
+            try:
+                await asyncio.wait((future, watcher), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+            hung_up = watcher.done() and not watcher.cancelled() and watcher.exception() is None
+        if not future.done() and dispatcher.cancel(ticket):
+            raise _Disconnected if hung_up else _Timeout
+        grant = future.result()
+        if hung_up:
+            # Granted just as the caller left: nothing will be sent, so give the slot and
+            # the tokens back (the request itself stays counted: a store cannot return it).
+            await grant.withdraw()
+            raise _Disconnected
+        return grant
+
     async def _backoff(self, attempt: int) -> None:
         """Exponential backoff with full jitter, never past the queue deadline."""
-        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-        await asyncio.sleep(max(0.0, min(delay, self.deadline - time.monotonic())))
+        await asyncio.sleep(max(0.0, min(_backoff_s(attempt), self.deadline - time.monotonic())))
 
     # -- streaming -----------------------------------------------------------------------------
 
-    def _relay(self, upstream: httpx.Response, decision: Decision, started: float) -> StreamingResponse:
+    def _relay(self, upstream: httpx.Response, grant: Grant, started: float) -> StreamingResponse:
         """Pass the stream through chunk by chunk; settle usage and release the slot at its end."""
         gw = self.gw
+        decision = grant.decision
+        budget = grant.budget
         tap = UsageTap(strip=not self.include_usage)
         scrub = gw.redactor.stream()
 
@@ -339,12 +417,12 @@ class Exchange:
                 log.warning("upstream stream broke for %s", self.request_id)
                 raise
             finally:
-                gw.dispatcher.release()
+                grant.release()
                 self._upstream_done(200 if outcome == 200 else "error", started)
                 if outcome == 200:
                     await upstream.aclose()
-                    actual = await gw.accounting.settle(self.ticket.cost.tokens, decision, tap.usage)
-                    await gw.accounting.check_drift(upstream.headers, decision)
+                    actual = await gw.accounting.settle(budget, self.ticket.cost.tokens, decision, tap.usage)
+                    await gw.accounting.check_drift(budget, upstream.headers, decision)
                     self._record(200, actual)
                 else:
                     # Cancelled (caller gone) or broken upstream: no awaiting here, close aside.
@@ -355,7 +433,7 @@ class Exchange:
 
         headers = self._passed_back(upstream)
         headers.update(self._own_headers())
-        return StreamingResponse(chunks(), status_code=200, headers=headers)
+        return RelayResponse(grant, chunks(), headers)
 
     # -- answering -----------------------------------------------------------------------------
 
@@ -384,10 +462,11 @@ class Exchange:
         gw.metrics.waited(self.queue_s)
         if gw.settings.log_requests:
             log.info(
-                "request id=%s model=%s priority=%s stream=%s tokens_est=%d tokens_actual=%s "
+                "request id=%s model=%s pool=%s priority=%s stream=%s tokens_est=%d tokens_actual=%s "
                 "attempts=%d queue_ms=%d upstream_ms=%d status=%d",
                 self.request_id,
                 self.model,
+                self.pool.model,
                 self.ticket.priority.name.lower(),
                 str(self.stream).lower(),
                 self.ticket.cost.tokens,
@@ -397,6 +476,11 @@ class Exchange:
                 round(self.upstream_s * 1000),
                 status,
             )
+
+
+def _backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter for the ``attempt``-th failure in a row."""
+    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 def record_refusal(gw: Gateway, request_id: str, model: str, status: int) -> None:

@@ -8,21 +8,23 @@ import socket
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 from apim_server.accounting import Accounting
 from apim_server.auth import CallerKeys
+from apim_server.budget import Budget, Deployment
 from apim_server.cluster import Cluster
 from apim_server.config import Settings
-from apim_server.dispatcher import Dispatcher
+from apim_server.config_file import Plan, from_settings, upstream_id
 from apim_server.metrics import Metrics
 from apim_server.probe import UpstreamProbe
-from apim_server.queue import Ticket, TicketQueue
+from apim_server.queue import Ticket
 from apim_server.redaction import Redactor
+from apim_server.routing import Router
+from apim_server.store_health import StoreHealth
+from apim_server.tenants import PriorityCaps
 from apim_server.upstream import Upstream
-from ratelimit.cost import CostEstimator
 from ratelimit.embedded import EmbeddedStore
-from ratelimit.limiter import Limiter, open_store
+from ratelimit.limiter import open_store
 from ratelimit.limits import Decision
 from ratelimit.redis_store import RedisStore
 from ratelimit.store import Store
@@ -38,98 +40,122 @@ ADMISSION_BATCH = 32
 
 def budget_key(upstream_url: str) -> str:
     """One budget per upstream: every instance naming the same upstream on one Redis shares it."""
-    parts = urlsplit(upstream_url)
-    return f"upstream:{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+    return upstream_id(upstream_url)
 
 
 class Gateway:
-    """Settings, limiter, queue, dispatcher, upstream client, metrics: one instance's state."""
+    """Settings, store and its health, deployments, budgets and pools, metrics: one instance."""
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, plan: Plan | None = None) -> None:
         self.settings = settings
+        self.plan = plan or from_settings(settings)
         self.store = store or open_store(
             settings.redis_url,
             settings.redis_prefix,
             replicas=settings.redis_wait_replicas,
             replica_wait_ms=settings.redis_wait_ms,
         )
-        self.limiter = Limiter(settings.limits(), self.store)
-        self.key = budget_key(settings.upstream_url)
-        self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens)
         self.metrics = Metrics()
-        self.queue = TicketQueue(settings.max_queue)
-        self.dispatcher = Dispatcher(
-            self.limiter,
-            self.key,
-            self.queue,
-            settings.max_concurrency,
-            on_admit=self._on_admit,
+        embedded = isinstance(self.store, EmbeddedStore)
+        longest_s = (
+            max(limits.policy().longest_ms for d in self.plan.deployments for limits in d.models.values())
+            / 1000
+        )
+        self.health = StoreHealth(self.store, longest_s)
+        forward_caller_auth = not settings.api_keys and not self.plan.tenant_keys
+        self.deployments = {
+            d.name: Deployment(
+                d,
+                Upstream(
+                    d.url,
+                    d.api_key,
+                    d.max_concurrency,
+                    settings.upstream_timeout_s,
+                    forward_caller_auth=forward_caller_auth,
+                    forward_mock_faults=settings.forward_mock_faults,
+                ),
+                settings.default_max_tokens,
+            )
+            for d in self.plan.deployments
+        }
+        self.router = Router(
+            self.plan,
+            self.store,
+            self.deployments,
+            self.health,
+            settings.max_queue,
             # In-process admissions take microseconds and never suspend: a request can admit
             # itself when nothing waits. Only a network store gains from batches.
-            batch_size=1 if isinstance(self.store, EmbeddedStore) else ADMISSION_BATCH,
-            inline=isinstance(self.store, EmbeddedStore),
-            store_restarted=self._store_restarted if isinstance(self.store, RedisStore) else None,
+            batch_size=1 if embedded else ADMISSION_BATCH,
+            inline=embedded,
+            on_admit=self._on_admit,
             on_return=self.metrics.tokens_refunded.labels(kind="abandoned").inc,
         )
-        self.upstream = Upstream(
-            settings.upstream_url,
-            settings.upstream_api_key.get_secret_value(),
-            settings.max_concurrency,
-            settings.upstream_timeout_s,
-            forward_caller_auth=not settings.api_keys,
-            forward_mock_faults=settings.forward_mock_faults,
-        )
-        # Whatever the upstream echoes of our key never reaches a caller.
-        self.redactor = Redactor([settings.upstream_api_key.get_secret_value()])
+        self.health.record_empty = self.router.record_empty
+        self.health.key = self.router.budgets[0].key
+        # Whatever an upstream echoes of our keys never reaches a caller.
+        self.redactor = Redactor([d.api_key for d in self.plan.deployments])
         self.operator = OperatorKey(settings.operator_key.get_secret_value())
-        self.probe = UpstreamProbe(self.upstream)
-        self.caller_keys = CallerKeys(k.get_secret_value() for k in settings.api_keys)
-        self.accounting = Accounting(
-            self.limiter, self.key, settings.refund_unused, self.metrics, self.dispatcher
+        self.probe = UpstreamProbe(self.first_upstream)
+        self.caller_keys = CallerKeys(
+            [k.get_secret_value() for k in settings.api_keys] + list(self.plan.tenant_keys)
         )
+        self.priority_caps = PriorityCaps(self.plan.priority_caps)
+        self.accounting = Accounting(settings.refund_unused, self.metrics)
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cluster = Cluster(
             self.store if isinstance(self.store, RedisStore) else None,
             settings.redis_prefix,
             self.instance_id,
             self.figures,
-            on_failure=self.dispatcher.note_store_failure,
-            budget_key=self.key,
+            on_failure=self.health.failed,
         )
         self.metrics.bind(
-            depth=lambda: self.queue.depth,
-            in_flight=lambda: self.dispatcher.in_flight,
-            paused=lambda: self.dispatcher.paused_for,
-            latest=lambda: self.dispatcher.last_decision,
+            depth=lambda: self.router.depth,
+            in_flight=lambda: self.router.in_flight,
+            paused=self.paused_for,
+            budgets=lambda: self.router.budgets,
+            pools=lambda: self.router.pools,
         )
         self.closing = False
         self.started_at = time.time()
         self._ready: tuple[float, dict[str, bool]] | None = None
 
-    async def _store_restarted(self, within_s: float) -> bool:
-        """Whether the Redis server holding the budget started less than ``within_s`` ago
-        (restarted in an outage)."""
-        assert isinstance(self.store, RedisStore)
-        if not await self.store.ready(self.key):
-            # Answering is not enough (a replica answers reads): hold until a write can succeed.
-            raise ConnectionError(
-                "the limiter store cannot admit yet (a replica, or no master for the budget)"
-            )
-        return (await self.store.server(self.key)).uptime_s <= within_s + 1
+    @property
+    def first_upstream(self) -> Upstream:
+        return next(iter(self.deployments.values())).upstream
 
-    def _on_admit(self, ticket: Ticket, decision: Decision) -> None:
-        self.metrics.admitted(ticket.cost.tokens)
+    def paused_for(self) -> float:
+        """The longest any pool must wait before admitting again (a hold counts for all)."""
+        return max((d.paused_for for d in self.router.dispatchers()), default=0.0)
+
+    def _on_admit(self, ticket: Ticket, budget: Budget, decision: Decision) -> None:
+        self.metrics.admitted(ticket.cost.tokens, budget)
 
     async def start(self) -> None:
+        names = ", ".join(b.name for b in self.router.budgets)
         if isinstance(self.store, RedisStore):
             log.info(
-                "limiter store: redis at %s (prefix %s), budget %s",
+                "limiter store: redis at %s (prefix %s); budgets (%s): %s",
                 redacted(self.settings.redis_url),
                 self.settings.redis_prefix,
-                self.key,
+                self.plan.source,
+                names,
             )
         else:
-            log.info("limiter store: embedded (in-process, this instance only), budget %s", self.key)
+            log.info(
+                "limiter store: embedded (in-process, this instance only); budgets (%s): %s",
+                self.plan.source,
+                names,
+            )
+        for d in self.plan.deployments:
+            if d.kind == "azure":
+                log.warning(
+                    "deployment %s is kind azure: its limits are kept, but Azure's paths and api-key "
+                    "header are not spoken yet (requests go to %s/chat/completions, OpenAI-style)",
+                    d.name,
+                    redacted(d.url),
+                )
         if not self.caller_keys.enabled:
             log.warning(
                 "APIM_API_KEYS is empty: anyone who can reach this gateway may spend the upstream's "
@@ -138,7 +164,9 @@ class Gateway:
         # Load the token encodings now: the first request should not pay for it.
         for name in ("o200k_base", "cl100k_base"):
             encoding(name)
-        self.dispatcher.start()
+        for dispatcher in self.router.dispatchers():
+            dispatcher.start()
+        self.health.start()
         self.cluster.start()
 
     def begin_shutdown(self) -> None:
@@ -146,27 +174,30 @@ class Gateway:
         if self.closing:
             return
         self.closing = True
-        drained = self.dispatcher.close()
+        drained = sum(len(d.close()) for d in self.router.dispatchers())
         log.info(
             "shutting down: %d queued request(s) answered 503, %d in flight finishing",
-            len(drained),
-            self.dispatcher.in_flight,
+            drained,
+            self.router.in_flight,
         )
 
     async def stop(self) -> None:
         self.begin_shutdown()
-        await self.dispatcher.stop()
+        for dispatcher in self.router.dispatchers():
+            await dispatcher.stop()
+        await self.health.stop()
         await self.cluster.stop()
-        await self.upstream.close()
+        for deployment in self.deployments.values():
+            await deployment.upstream.close()
         await self.probe.close()
         await self.store.close()
 
     def figures(self) -> dict[str, Any]:
         """This instance's queue figures (also what it publishes to the cluster view)."""
-        oldest = self.queue.oldest_arrival()
+        oldest = self.router.oldest_arrival()
         return {
-            "depth": self.queue.depth,
-            "in_flight": self.dispatcher.in_flight,
+            "depth": self.router.depth,
+            "in_flight": self.router.in_flight,
             "oldest_wait_s": round(time.monotonic() - oldest, 3) if oldest is not None else 0.0,
             "admitted": self.metrics.total_admitted,
             "requests": self.metrics.total_requests,
@@ -178,7 +209,7 @@ class Gateway:
         now = time.monotonic()
         if self._ready is not None and now - self._ready[0] < READY_CACHE_S:
             return self._ready[1]
-        store_ok = await self.store.ready(self.key)
+        store_ok = await self.store.ready(self.health.key)
         upstream_ok = await self.probe.reachable()
         result = {"store": store_ok, "upstream": upstream_ok}
         self._ready = (now, result)

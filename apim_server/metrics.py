@@ -6,13 +6,17 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ratelimit.limiter import status_limits
-from ratelimit.limits import Decision
+
+if TYPE_CHECKING:
+    from apim_server.budget import Budget
+    from apim_server.routing import Pool
 
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -46,21 +50,55 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-class _Remaining(Collector):
-    """``apim_budget_remaining{limit}`` from the latest limiter decision, read at scrape time."""
+class _Budgets(Collector):
+    """Per budget (deployment, model) and per pool figures, read at scrape time.
 
-    def __init__(self, latest: Callable[[], Decision | None]) -> None:
-        self._latest = latest
+    ``apim_budget_remaining{limit}`` keeps its single-budget shape (only with one budget);
+    ``apim_budget_left{deployment,model,limit}`` is there for every budget.
+    """
+
+    def __init__(self, budgets: Callable[[], list[Budget]], pools: Callable[[], dict[str, Pool]]) -> None:
+        self._budgets = budgets
+        self._pools = pools
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+        budgets = self._budgets()
+        single = GaugeMetricFamily(
             "apim_budget_remaining", "Budget left per limit, as of the latest admission", labels=["limit"]
         )
-        decision = self._latest()
-        if decision is not None:
+        left = GaugeMetricFamily(
+            "apim_budget_left",
+            "Budget left per deployment, model and limit, as of its latest admission",
+            labels=["deployment", "model", "limit"],
+        )
+        paused = GaugeMetricFamily(
+            "apim_budget_paused_seconds",
+            "How long a budget stays paused (the upstream's 429 or reset, or its deployment cooling)",
+            labels=["deployment", "model"],
+        )
+        for budget in budgets:
+            decision = budget.last_decision
+            paused.add_metric([budget.deployment.name, budget.model], budget.ready_in())
+            if decision is None:
+                continue
             for name, view in status_limits(decision).items():
-                family.add_metric([name], float(view["remaining"]))
-        yield family
+                left.add_metric([budget.deployment.name, budget.model, name], float(view["remaining"]))
+                if len(budgets) == 1:
+                    single.add_metric([name], float(view["remaining"]))
+        depth = GaugeMetricFamily(
+            "apim_pool_queue_depth", "Requests waiting, per pool (model)", labels=["model"]
+        )
+        for model, pool in self._pools().items():
+            depth.add_metric([model], pool.queue.depth)
+        in_service = GaugeMetricFamily(
+            "apim_deployment_in_service",
+            "1 while a deployment takes requests, 0 while it is taken out after repeated failures",
+            labels=["deployment"],
+        )
+        seen = {b.deployment.name: b.deployment for b in budgets}
+        for name, deployment in seen.items():
+            in_service.add_metric([name], 0.0 if deployment.out else 1.0)
+        yield from (single, left, paused, depth, in_service)
 
 
 class Metrics:
@@ -73,6 +111,12 @@ class Metrics:
         )
         self.admissions = Counter(
             "apim_admissions", "Admissions granted by the limiter (every attempt)", registry=r
+        )
+        self.budget_admissions = Counter(
+            "apim_budget_admissions",
+            "Admissions granted, per budget (every attempt)",
+            ["deployment", "model"],
+            registry=r,
         )
         self.upstream_responses = Counter(
             "apim_upstream_responses",
@@ -135,6 +179,7 @@ class Metrics:
         self._estimate = self.tokens_charged.labels(kind="estimate")
         self._status_children: dict[int, Counter] = {}
         self._upstream_children: dict[int | str, Counter] = {}
+        self._budget_children: dict[int, Counter] = {}
 
         # Rolling figures for /status.
         self.total_requests = 0
@@ -152,12 +197,13 @@ class Metrics:
         depth: Callable[[], float],
         in_flight: Callable[[], float],
         paused: Callable[[], float],
-        latest: Callable[[], Decision | None],
+        budgets: Callable[[], list[Budget]],
+        pools: Callable[[], dict[str, Pool]],
     ) -> None:
         self.queue_depth.set_function(depth)
         self.in_flight.set_function(in_flight)
         self.paused.set_function(paused)
-        self.registry.register(_Remaining(latest))
+        self.registry.register(_Budgets(budgets, pools))
 
     def answered(self, status: int) -> None:
         child = self._status_children.get(status)
@@ -170,7 +216,13 @@ class Metrics:
         elif status >= 500:
             self.total_errors += 1
 
-    def admitted(self, tokens: int) -> None:
+    def admitted(self, tokens: int, budget: Budget) -> None:
+        child = self._budget_children.get(id(budget))
+        if child is None:
+            child = self._budget_children[id(budget)] = self.budget_admissions.labels(
+                deployment=budget.deployment.name, model=budget.model
+            )
+        child.inc()
         self.admissions.inc()
         self._estimate.inc(tokens)
         self.total_admitted += 1

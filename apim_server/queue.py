@@ -6,8 +6,12 @@ import asyncio
 import time
 from collections import deque
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from ratelimit.limits import Cost, Decision
+
+if TYPE_CHECKING:
+    from apim_server.grant import Grant
 
 
 class Priority(IntEnum):
@@ -37,7 +41,7 @@ class State(IntEnum):
 
 
 class Ticket:
-    """One request's place in the queue; its future resolves with the admission decision."""
+    """One request's place in its pool's queue; its future resolves with the grant."""
 
     __slots__ = ("arrived", "cost", "decision", "future", "generation", "priority", "state")
 
@@ -46,7 +50,7 @@ class Ticket:
         self.cost = cost
         self.arrived = time.monotonic()
         self.state = State.OUT
-        self.future: asyncio.Future[Decision] | None = None
+        self.future: asyncio.Future[Grant] | None = None
         self.decision: Decision | None = None
         self.generation = 0  # bumped on every entry, so a stale place in a deque is never live again
 

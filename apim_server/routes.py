@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from apim_server.budget import Budget
+from apim_server.config_file import ANY_MODEL
 from apim_server.exchange import upstream_auth_failed
 from apim_server.gateway import Gateway
 from openai_wire.errors import APIError
@@ -24,18 +26,27 @@ def gateway(request: Request) -> Gateway:
 
 
 async def models(request: Request) -> Response:
-    """The upstream's model list, passed through (not rate limited: it costs no budget)."""
+    """The configured models, or (one deployment serving every model) the upstream's list passed
+    through. Not rate limited: it costs no budget."""
     gw = gateway(request)
     gw.caller_keys.check(request.headers)
     request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
-    headers = gw.upstream.headers(request.scope["headers"], request_id)
+    if gw.router.route(ANY_MODEL) is None:
+        created = int(gw.started_at)
+        data = [
+            {"id": model, "object": "model", "created": created, "owned_by": "apim"}
+            for model in gw.router.pools
+        ]
+        return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": request_id})
+    upstream_client = gw.first_upstream
+    headers = upstream_client.headers(request.scope["headers"], request_id)
     try:
-        upstream = await gw.upstream.models(headers)
+        upstream = await upstream_client.models(headers)
     except Exception as exc:  # noqa: BLE001 - every transport failure is a 502
         raise APIError(
             502, f"Could not reach the upstream API ({type(exc).__name__}).", code="upstream_unreachable"
         ) from None
-    if upstream.status_code in (401, 403) and gw.upstream.own_key:
+    if upstream.status_code in (401, 403) and upstream_client.own_key:
         raise upstream_auth_failed()
     return Response(
         gw.redactor.body(upstream.content),
@@ -47,65 +58,100 @@ async def models(request: Request) -> Response:
     )
 
 
+async def _limits(budget: Budget) -> dict[str, Any]:
+    try:
+        return status_limits(await budget.peek())
+    except Exception as exc:  # noqa: BLE001 - the store may be down; say so, keep answering
+        return {"error": f"limiter store unavailable: {type(exc).__name__}"}
+
+
 async def status(request: Request) -> JSONResponse:
+    """Today's single-budget shape at the top level (the first budget's limits), plus every
+    budget, pool and deployment when the file configures several."""
     gw = gateway(request)
     gw.operator.check(request.headers)
     m = gw.metrics
     figures = gw.figures()
     p50, p99 = m.wait_percentiles()
     lag50, lag99 = m.lag_percentiles()
-    try:
-        limits: dict[str, Any] = status_limits(await gw.limiter.peek(gw.key))
-    except Exception as exc:  # noqa: BLE001 - the store may be down; say so, keep answering
-        limits = {"error": f"limiter store unavailable: {type(exc).__name__}"}
+    router = gw.router
+    views = [await _limits(b) for b in router.budgets]
     try:
         cluster = await gw.cluster.view()
     except Exception as exc:  # noqa: BLE001
         cluster = {"error": f"cluster view unavailable: {type(exc).__name__}"}
-    paused = gw.dispatcher.paused_for
-    return JSONResponse(
-        {
-            "service": "apim",
-            "store": gw.store.kind,
-            "instance": gw.instance_id,
-            "upstream": redacted(gw.settings.upstream_url),
-            "budget_key": gw.key,
-            "uptime_s": round(time.time() - gw.started_at, 1),
-            "closing": gw.closing,
-            "limits": limits,
-            "totals": {
-                "requests": m.total_requests,
-                "rate_limited": m.total_rate_limited,
-                "errors": m.total_errors,
-                "admitted": m.total_admitted,
-                "upstream_429": m.total_upstream_429,
-            },
-            "queue": {
-                "depth": figures["depth"],
-                "in_flight": figures["in_flight"],
-                "oldest_wait_s": figures["oldest_wait_s"],
-                "by_priority": gw.queue.depth_by_class(),
-                "max_queue": gw.settings.max_queue,
-                "max_concurrency": gw.settings.max_concurrency,
-                "wait_p50_s": None if p50 is None else round(p50, 4),
-                "wait_p99_s": None if p99 is None else round(p99, 4),
-            },
-            "admitted_per_min": m.admitted_minute.total(),
-            "dispatch_lag_ms": {
-                "p50": None if lag50 is None else round(lag50 * 1000, 2),
-                "p99": None if lag99 is None else round(lag99 * 1000, 2),
-                "max": round(m.max_lag * 1000, 2),
-                "margin": gw.settings.window_margin_ms,
-            },
-            "paused_until": round(time.time() + paused, 3) if paused > 0 else None,
-            "paused_s": round(paused, 3),
-            # Set while the limiter store is unreachable (or its record is being checked after).
-            "store_unreachable_s": None
-            if gw.dispatcher.store_down_since is None
-            else round(time.monotonic() - gw.dispatcher.store_down_since, 3),
-            "cluster": cluster,
-        }
-    )
+    paused = gw.paused_for()
+    now = time.monotonic()
+    first = router.budgets[0]
+    health = gw.health
+    held = health.wait_s()
+    body: dict[str, Any] = {
+        "service": "apim",
+        "store": gw.store.kind,
+        "instance": gw.instance_id,
+        "upstream": redacted(first.deployment.plan.url),
+        "budget_key": first.key,
+        "config": gw.plan.source,
+        "uptime_s": round(time.time() - gw.started_at, 1),
+        "closing": gw.closing,
+        "limits": views[0],
+        "totals": {
+            "requests": m.total_requests,
+            "rate_limited": m.total_rate_limited,
+            "errors": m.total_errors,
+            "admitted": m.total_admitted,
+            "upstream_429": m.total_upstream_429,
+        },
+        "queue": {
+            "depth": figures["depth"],
+            "in_flight": figures["in_flight"],
+            "oldest_wait_s": figures["oldest_wait_s"],
+            "by_priority": router.depth_by_class(),
+            "max_queue": gw.settings.max_queue,
+            "max_concurrency": gw.settings.max_concurrency,
+            "wait_p50_s": None if p50 is None else round(p50, 4),
+            "wait_p99_s": None if p99 is None else round(p99, 4),
+        },
+        "admitted_per_min": m.admitted_minute.total(),
+        "dispatch_lag_ms": {
+            "p50": None if lag50 is None else round(lag50 * 1000, 2),
+            "p99": None if lag99 is None else round(lag99 * 1000, 2),
+            "max": round(m.max_lag * 1000, 2),
+            "margin": gw.settings.window_margin_ms,
+        },
+        "paused_until": round(time.time() + paused, 3) if paused > 0 else None,
+        "paused_s": round(paused, 3),
+        # Set only while the limiter store really fails (one owner: the store's health).
+        "store_unreachable_s": None if health.down_since is None else round(now - health.down_since, 3),
+        "store_hold_s": round(held, 3) if held is not None and held != float("inf") else 0.0,
+        "store_hold_reason": health.hold_reason if held is not None and held != float("inf") else None,
+        "cluster": cluster,
+        "budgets": [
+            {
+                "deployment": b.deployment.name,
+                "model": b.model,
+                "key": b.key,
+                "limits": view,
+                "paused_s": round(b.ready_in(), 3),
+            }
+            for b, view in zip(router.budgets, views, strict=True)
+        ],
+        "pools": {
+            model: {
+                "depth": pool.queue.depth,
+                "oldest_wait_s": 0.0
+                if (oldest := pool.queue.oldest_arrival()) is None
+                else round(now - oldest, 3),
+                "members": [b.deployment.name for b in pool.members],
+            }
+            for model, pool in router.pools.items()
+        },
+        "deployments": {
+            name: {"url": redacted(d.plan.url), "kind": d.plan.kind, **d.status()}
+            for name, d in router.deployments.items()
+        },
+    }
+    return JSONResponse(body)
 
 
 async def metrics(request: Request) -> Response:

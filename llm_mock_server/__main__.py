@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from llm_mock_server.config import MockSettings, describe_error
 from llm_mock_server.logs import logging_config
+from llm_mock_server.model_limits import ConfigError
+from llm_mock_server.model_limits import load as load_model_limits
 from serving.connections import BoundedProtocol, raise_file_limit
 
 
@@ -36,6 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         print(f"llm-mock: {describe_error(exc)}", file=sys.stderr)
         sys.exit(2)
+    if settings.config:
+        try:
+            load_model_limits(settings.config, settings)
+        except ConfigError as exc:
+            print(f"llm-mock: {exc}", file=sys.stderr)
+            sys.exit(2)
     if args.workers < 1:
         print("llm-mock: --workers must be at least 1", file=sys.stderr)
         sys.exit(2)

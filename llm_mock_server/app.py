@@ -17,11 +17,12 @@ from llm_mock_server.completion import vocabulary
 from llm_mock_server.config import MockSettings
 from llm_mock_server.faults import DROP_SCOPE_KEY, DROP_SENTINEL
 from llm_mock_server.logs import flush_request_log
+from llm_mock_server.model_limits import load as load_model_limits
+from llm_mock_server.model_limits import settings_limits
 from llm_mock_server.openapi import install as install_openapi
 from llm_mock_server.routes import REQUEST_ID_KEY, MockService
 from openai_wire.errors import install
 from ratelimit.limiter import Limiter, open_store
-from ratelimit.limits import Limits
 from ratelimit.store import Clock
 from ratelimit.tokens import encoding, encoding_name_for_model
 from serving.connections import Bounds
@@ -84,14 +85,8 @@ class MockApp:
 def create_app(settings: MockSettings | None = None, clock: Clock | None = None) -> MockApp:
     """Build the mock; ``clock`` (ms since the epoch) replaces the store's time in tests."""
     settings = settings or MockSettings()
-    limits = Limits(
-        rpm=settings.rpm_limit,
-        tpm=settings.tpm_limit,
-        rpd=settings.rpd_limit,
-        tpd=settings.tpd_limit,
-        daily_reset_tz=settings.daily_reset_tz,
-        short_window_s=settings.short_window_s,
-    )
+    limits = settings_limits(settings)
+    per_model = load_model_limits(settings.config, settings) if settings.config else {}
     store = open_store(settings.redis_url, settings.redis_prefix, clock=clock)
     if settings.redis_url:
         log.info(
@@ -109,7 +104,11 @@ def create_app(settings: MockSettings | None = None, clock: Clock | None = None)
     for model in settings.embedding_models:
         encoding(encoding_name_for_model(model))
 
-    service = MockService(settings, Limiter(limits, store, hash_keys=True))
+    service = MockService(
+        settings,
+        Limiter(limits, store, hash_keys=True),
+        {m: Limiter(lim, store, hash_keys=True) for m, lim in per_model.items()},
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -52,6 +52,12 @@ class MockSettings(ConnectionSettings):
     refund_unused: bool = Field(
         False, description="Refund the unused part of the estimate after answering (bill actual usage)."
     )
+    config: str = Field(
+        "",
+        description="Path of a YAML file whose `models:` block gives models their own limits "
+        "(`gpt-4o: {rpm: 500, tpm: 30000}`), per API key as at OpenAI; unlisted models use the "
+        "MOCK_*_LIMIT settings (empty = every model uses them).",
+    )
     redis_url: RedisURL = Field(
         "",
         description="Redis URL shared by several mock processes (empty = embedded in-process store): "

@@ -71,18 +71,21 @@ class Outcome:
     operation: str = "chat"
     started: float = 0.0
     key: str = ""
+    limiter: Limiter | None = None  # the budget's, once the model is known
     model: str | None = None
     stream: bool = False
     status: int = 500
     prompt_tokens: int = 0
     completion_tokens: int = 0
     headers: dict[str, str] | None = field(default=None)
+    limiter: Limiter | None = None  # the budget's, once the model is known
 
 
 @dataclass(slots=True)
 class Answer:
     """An admitted request and everything its answer is made of."""
 
+    limiter: Limiter
     key: str
     cost: Cost
     admitted_at_ms: int
@@ -93,14 +96,18 @@ class Answer:
 class MockService:
     """The mock's state and handlers; ``install`` puts the routes on an app."""
 
-    def __init__(self, settings: MockSettings, limiter: Limiter) -> None:
+    def __init__(
+        self, settings: MockSettings, limiter: Limiter, per_model: dict[str, Limiter] | None = None
+    ) -> None:
         self.settings = settings
         self.limiter = limiter
+        self.per_model = per_model or {}
         self.azure = settings.flavor == "azure"
         self.auth = KeyCheck(settings.api_keys, azure.access_denied if self.azure else invalid_key)
         self.operator = OperatorKey(settings.operator_key.get_secret_value())
-        self.models = frozenset(settings.models)
-        text, embedding = settings.models, settings.embedding_models
+        text = list(settings.models) + [m for m in self.per_model if m not in settings.models]
+        embedding = settings.embedding_models
+        self.models = frozenset(text)
         self.estimator = CostEstimator(settings.cost_rule, settings.default_max_tokens, CachedTokenCounter())
         self.endpoints: dict[str, Endpoint] = {
             e.path: e
@@ -118,6 +125,14 @@ class MockService:
         self.token_s = 1 / settings.tokens_per_s if settings.tokens_per_s else 0.0
         self.paced = bool(self.ttft_s or self.token_s)
         self.models_body = _dumps({"object": "list", "data": [self._card(m) for m in self.all_models]})
+
+    def budget(self, key: str, model: str | None) -> tuple[Limiter, str]:
+        """The limiter and store key a request for ``model`` under API key ``key`` is charged to:
+        a listed model has a budget of its own per key, every other model shares the key's."""
+        limiter = self.per_model.get(model) if model else None
+        if limiter is None:
+            return self.limiter, key
+        return limiter, f"{key}|model:{model}"
 
     @staticmethod
     def _card(model: str) -> dict[str, object]:
@@ -189,11 +204,12 @@ class MockService:
         cost: Cost,
         wait_ms: int,
         headers: dict[str, str],
+        rpm: int,
     ) -> APIError:
         if self.azure:
             version = request.scope.get(azure.API_VERSION_KEY, azure.DEFAULT_API_VERSION)
             return azure.rate_limited(endpoint.azure_operation, version, state, wait_ms, headers)
-        return rate_limited(model, state, _requested(state, cost), wait_ms, self.settings.rpm_limit, headers)
+        return rate_limited(model, state, _requested(state, cost), wait_ms, rpm, headers)
 
     async def _serve(self, request: Request, out: Outcome, endpoint: Endpoint) -> Response:
         out.key = key = self.auth.budget_key(request.headers)
@@ -206,28 +222,28 @@ class MockService:
             raise azure.deployment_not_found()
         endpoint.check_model(model)
         endpoint.check(body)
+        limiter, key = self.budget(key, model)
+        out.limiter, out.key = limiter, key
 
         operation = endpoint.operation
         prompt_tokens = self.estimator.prompt_tokens(data, operation)
         cost = self.estimator.estimate(data, prompt_tokens, operation)
-        whole = self.limiter.too_large(cost)
-        if whole is not None:
-            out.headers = self._limit_headers(await self.limiter.peek(key))
-            self.metrics.limited(short_name(whole), "too_large")
-            raise too_large(model, whole, _requested(whole, cost), self.settings.rpm_limit, out.headers)
+        await self._refuse_too_large(limiter, key, model, cost, out)
 
         fault = self.faults.pick(request.headers.get(FAULT_HEADER))
         if fault is Fault.RATE_LIMIT:
             self.metrics.fault(fault)
-            raise await self._forced_429(request, endpoint, key, model, cost, out)
+            raise await self._forced_429(request, endpoint, limiter, key, model, cost, out)
 
-        decision = await self.limiter.acquire(key, cost)
+        decision = await limiter.acquire(key, cost)
         out.headers = headers = self._limit_headers(decision)
         if not decision.allowed:
             binding = decision.binding
             assert binding is not None  # a denial always names the limit that waits longest
             self.metrics.limited(short_name(binding), "limit")
-            raise self._rate_limited(request, endpoint, model, binding, cost, decision.wait_ms, headers)
+            raise self._rate_limited(
+                request, endpoint, model, binding, cost, decision.wait_ms, headers, limiter.limits.rpm
+            )
 
         # Past admission: whatever happens now has consumed budget, as at OpenAI.
         delay_s = 0.0
@@ -244,7 +260,9 @@ class MockService:
                 raise error
 
         reply = endpoint.reply(data, body, prompt_tokens)
-        answer = Answer(key=key, cost=cost, admitted_at_ms=decision.now_ms, reply=reply, delay_s=delay_s)
+        answer = Answer(
+            limiter=limiter, key=key, cost=cost, admitted_at_ms=decision.now_ms, reply=reply, delay_s=delay_s
+        )
         out.prompt_tokens, out.completion_tokens = reply.prompt_tokens, reply.completion_tokens
         out.stream = reply.stream
         if reply.stream:
@@ -259,6 +277,16 @@ class MockService:
         await self._settle(answer)
         out.status = 200
         return Response(reply.body, media_type="application/json", headers=headers)
+
+    async def _refuse_too_large(
+        self, limiter: Limiter, key: str, model: str, cost: Cost, out: Outcome
+    ) -> None:
+        """A request that could never fit its budget is refused at once, never admitted."""
+        whole = limiter.too_large(cost)
+        if whole is not None:
+            out.headers = self._limit_headers(await limiter.peek(key))
+            self.metrics.limited(short_name(whole), "too_large")
+            raise too_large(model, whole, _requested(whole, cost), limiter.limits.rpm, out.headers)
 
     async def _stream(self, request: Request, out: Outcome, answer: Answer) -> AsyncIterator[bytes]:
         reply = answer.reply
@@ -289,20 +317,29 @@ class MockService:
         """Charge usage above the estimate; refund the unused estimate only if configured."""
         actual = answer.reply.prompt_tokens + answer.reply.completion_tokens
         if actual > answer.cost.tokens:
-            await self.limiter.charge(answer.key, actual - answer.cost.tokens)
+            await answer.limiter.charge(answer.key, actual - answer.cost.tokens)
         elif self.settings.refund_unused and actual < answer.cost.tokens:
-            await self.limiter.refund(answer.key, answer.cost.tokens - actual, answer.admitted_at_ms)
+            await answer.limiter.refund(answer.key, answer.cost.tokens - actual, answer.admitted_at_ms)
 
     async def _forced_429(
-        self, request: Request, endpoint: Endpoint, key: str, model: str, cost: Cost, out: Outcome
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        limiter: Limiter,
+        key: str,
+        model: str,
+        cost: Cost,
+        out: Outcome,
     ) -> APIError:
         """A rate-limit 429 on request (``x-mock-fault: 429``), naming the fullest limit."""
-        decision = await self.limiter.peek(key, cost)
+        decision = await limiter.peek(key, cost)
         out.headers = self._limit_headers(decision)
         state = decision.binding or _first_limited(decision)
         wait_ms = state.wait_ms or 1000
         self.metrics.limited(short_name(state), "forced")
-        return self._rate_limited(request, endpoint, model, state, cost, wait_ms, out.headers)
+        return self._rate_limited(
+            request, endpoint, model, state, cost, wait_ms, out.headers, limiter.limits.rpm
+        )
 
     async def _error(self, exc: APIError, out: Outcome) -> Response:
         response = exc.response()
@@ -313,7 +350,7 @@ class MockService:
         headers = out.headers
         if headers is None and out.key and response.status_code != 401:
             try:
-                headers = self._limit_headers(await self.limiter.peek(out.key))
+                headers = self._limit_headers(await (out.limiter or self.limiter).peek(out.key))
             except STORE_ERRORS:
                 headers = {}
         for name, value in (headers or {}).items():
@@ -353,10 +390,12 @@ class MockService:
         return Response(_dumps(self._card(model)), media_type="application/json")
 
     async def status(self, request: Request) -> Response:
+        """Limits of the default key (or ``?api_key=``) for unlisted models (or ``?model=``)."""
         self.operator.check(request.headers)
-        key = request.query_params.get("api_key") or self.auth.default_key
+        model = request.query_params.get("model") or None
+        limiter, key = self.budget(request.query_params.get("api_key") or self.auth.default_key, model)
         try:
-            decision = await self.limiter.peek(key)
+            decision = await limiter.peek(key)
         except STORE_ERRORS:
             log.exception("limiter store unavailable")
             return server_error(503).response()
@@ -364,8 +403,10 @@ class MockService:
         payload = {
             "service": "llm-mock",
             "store": self.limiter.store.kind,
-            "api_key": key_label(key),
+            "api_key": key_label(key.split("|model:")[0]),
+            "model": model,
             "limits": status_limits(decision),
+            "model_limits": sorted(self.per_model),
             "totals": {
                 "requests": totals.requests,
                 "ok": totals.ok,
@@ -414,6 +455,8 @@ class MockService:
         keys = [named] if named else self.auth.known_keys()
         for key in keys:
             await self.limiter.reset(key)
+            for model, limiter in self.per_model.items():
+                await limiter.reset(self.budget(key, model)[1])
         labels = [key_label(k) for k in keys]
         log.info("admin reset of %s", ", ".join(labels))
         return JSONResponse({"reset": labels})

@@ -116,6 +116,38 @@ def limits_table(items: list[LimitReading]) -> Table:
     return table
 
 
+def budgets_table(rows: list[readings.BudgetReading]) -> Table:
+    """One line per budget (deployment, model): a bar for its binding limit, its pool's queue."""
+    table = Table(box=None, pad_edge=False, expand=False, show_edge=False)
+    table.add_column("Deployment", style="bold", no_wrap=True)
+    table.add_column("Model", no_wrap=True)
+    table.add_column("Limit", no_wrap=True)
+    table.add_column("Usage")
+    table.add_column("Used / Limit", justify="right", no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
+    table.add_column("Queue", justify="right", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    for row in rows:
+        state = Text(row.state, style={"in": "green", "cooling": "yellow"}.get(row.state, "bold red"))
+        if row.paused_s > 0 and row.state == "in":
+            state = Text(f"paused {format_duration(row.paused_s)}", style="yellow")
+        b = row.binding
+        if b is None:
+            table.add_row(row.deployment, row.model, DASH, Text("no limit", style="dim"), "", "", "", state)
+            continue
+        table.add_row(
+            row.deployment,
+            row.model,
+            b.name.upper(),
+            Bar(b.fraction),
+            f"{format_count(b.used)} / {format_count(b.limit)}",
+            Text(f"{b.fraction * 100:.1f}%", style=level_style(b.fraction)),
+            format_count(row.depth),
+            state,
+        )
+    return table
+
+
 def figures(pairs: list[tuple[str, str]]) -> Text:
     """``label value`` pairs on one line, labels dim."""
     text = Text()
@@ -250,7 +282,10 @@ def service_panel(
     parts: list[RenderableType] = []
     items = readings.limits(status)
     problem = readings.limits_error(status)
-    if items:
+    many = readings.budgets(status) if service.name == "apim" else []
+    if len(many) > 1:
+        parts.append(budgets_table(many))
+    elif items:
         parts.append(limits_table(items))
     elif problem:
         parts.append(Text(f"limits unknown: {problem}", style="bold red"))

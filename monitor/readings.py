@@ -142,3 +142,43 @@ def counter_source(status: dict[str, Any]) -> tuple[Any, ...]:
     """What the admitted counter is a sum over: when it changes (a restart, an instance joining or
     leaving the cluster) the counter jumps, and that jump is not traffic."""
     return (status.get("instance"), number(status, "cluster.instances"))
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReading:
+    """One (deployment, model) budget of a gateway: its binding limit (the fullest) and state."""
+
+    deployment: str
+    model: str
+    binding: LimitReading | None  # None: no limit set, or the store is down
+    depth: float  # its pool's queue
+    state: str  # the deployment's: in, cooling, out
+    paused_s: float
+
+
+def budgets(status: dict[str, Any]) -> list[BudgetReading]:
+    """Every budget a gateway reports (``budgets`` in its /status), in its order."""
+    raw = status.get("budgets")
+    if not isinstance(raw, list):
+        return []
+    pools = status.get("pools") if isinstance(status.get("pools"), dict) else {}
+    deployments = status.get("deployments") if isinstance(status.get("deployments"), dict) else {}
+    out = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            continue
+        limited = [r for r in limits(entry) if not r.unlimited]
+        binding = max(limited, key=lambda r: r.fraction) if limited else None
+        deployment = str(entry.get("deployment", "?"))
+        model = str(entry.get("model", "?"))
+        out.append(
+            BudgetReading(
+                deployment=deployment,
+                model=model,
+                binding=binding,
+                depth=number(pools.get(model), "depth") or 0,
+                state=str(dig(deployments, f"{deployment}.state") or "in"),
+                paused_s=number(entry, "paused_s") or 0,
+            )
+        )
+    return out

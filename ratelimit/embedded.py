@@ -15,6 +15,9 @@ from ratelimit.store import Clock, Store, args, decode
 
 SWEEP_EVERY_MS = 60_000
 """How often idle budgets are dropped, so keys that never come back do not pile up."""
+SPECS_KEPT = 16_384
+"""Parsed policies kept: above the budgets a gateway holds (one per budget and day), so a
+gateway with a thousand differently limited budgets never parses a policy per admission."""
 
 
 def _wall_clock() -> int:
@@ -94,7 +97,7 @@ class EmbeddedStore(Store):
         if found is None:
             v = [int(x) for x in spec.split(",")]
             found = (*v[:7], [(v[8 + i * 3], v[9 + i * 3], v[10 + i * 3]) for i in range(v[7])])
-            if len(self._specs) > 64:  # old days and dropped policies
+            if len(self._specs) > SPECS_KEPT:  # old days and dropped policies
                 self._specs.clear()
             self._specs[spec] = found
         return found  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -71,6 +72,16 @@ class Limits:
         if self.short_window_s and 60 % self.short_window_s:
             raise ValueError("short_window_s must divide 60 (1, 10, ...)")
         ZoneInfo(self.daily_reset_tz)  # fail early on an unknown zone
+
+    def fingerprint(self) -> str:
+        """A short digest of everything that shapes this budget's record: limits, zone,
+        sub-window, margin. It goes into the budget's store key, so two instances configured
+        differently never read or write one record (each would corrupt the other's)."""
+        text = (
+            f"{self.rpm},{self.tpm},{self.rpd},{self.tpd},{self.daily_reset_tz},"
+            f"{self.short_window_s},{self.margin_ms}"
+        )
+        return hashlib.blake2s(text.encode(), digest_size=5).hexdigest()
 
     def policy(self) -> Policy:
         windows = [Window("minute", MINUTE_MS + self.margin_ms, self.rpm, self.tpm)]

@@ -12,17 +12,31 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from apim_server.budget import Budget, Deployment
+from apim_server.config_file import ANY_MODEL, DeploymentPlan
 from apim_server.dispatcher import Closed, Dispatcher, Wakeup
 from apim_server.queue import Priority, State, Ticket, TicketQueue
+from apim_server.upstream import Upstream
+from ratelimit.cost import CostRule
 from ratelimit.embedded import EmbeddedStore
-from ratelimit.limiter import Limiter
 from ratelimit.limits import Cost, Limits
 
-KEY = "upstream:test"
+
+def budget(limits: Limits, concurrency: int = 10, name: str = "test", model: str = ANY_MODEL) -> Budget:
+    """One budget on a deployment nobody sends to (the dispatcher never forwards)."""
+    plan = DeploymentPlan(
+        name, f"deployment:{name}", "http://127.0.0.1:9/v1", "", "openai", CostRule.SUM, concurrency, {}, {}
+    )
+    deployment = Deployment(plan, Upstream(plan.url, "", concurrency, 1.0), 1024)
+    return Budget(deployment, model, limits, EmbeddedStore())
 
 
-def make(limits: Limits, concurrency: int = 10) -> Dispatcher:
-    return Dispatcher(Limiter(limits, EmbeddedStore()), KEY, TicketQueue(100), concurrency)
+def make(limits: Limits, concurrency: int = 10, batch: int = 1, inline: bool = False) -> Dispatcher:
+    return Dispatcher([budget(limits, concurrency)], TicketQueue(100), batch_size=batch, inline=inline)
+
+
+async def used(d: Dispatcher, name: str) -> int:
+    return (await d.members[0].peek()).state(name).used
 
 
 @pytest.fixture
@@ -64,7 +78,7 @@ async def test_admits_concurrently_up_to_the_budget_then_waits(running: list[Dis
     assert d.in_flight == 3
     assert not await granted(tickets[3], within=0.3)
     assert d.queue.depth == 2
-    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 3
+    assert (await used(d, "requests/minute")) == 3
 
 
 async def test_the_slot_is_taken_before_admission(running: list[Dispatcher]) -> None:
@@ -75,10 +89,10 @@ async def test_the_slot_is_taken_before_admission(running: list[Dispatcher]) -> 
     assert await granted(first)
     assert not await granted(second, within=0.2)
     # The second was never charged: it cannot be sent while the only slot is busy.
-    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 1
-    d.release()
+    assert (await used(d, "requests/minute")) == 1
+    first.future.result().release()  # type: ignore[union-attr]
     assert await granted(second)
-    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 2
+    assert (await used(d, "requests/minute")) == 2
 
 
 async def test_waits_exactly_until_the_budget_frees(running: list[Dispatcher]) -> None:
@@ -121,12 +135,12 @@ async def test_cancelling_the_waiting_head_lets_the_next_one_in(running: list[Di
     assert d.cancel(big)
     assert big.state is State.CANCELLED
     assert await granted(small, within=1)
-    assert (await d.limiter.peek(KEY)).state("tokens/minute").used == 100
+    assert (await used(d, "tokens/minute")) == 100
 
 
 async def test_pause_holds_admission_until_it_ends(running: list[Dispatcher]) -> None:
     d = start(make(Limits(rpm=100)), running)
-    d.pause(0.4)
+    d.members[0].pause(0.4)
     t = Ticket(Priority.NORMAL, Cost(1, 0))
     d.submit(t)
     assert not await granted(t, within=0.25)
@@ -147,7 +161,7 @@ async def test_close_fails_every_waiting_ticket(running: list[Dispatcher]) -> No
 
 
 def make_batched(limits: Limits, batch: int = 8) -> Dispatcher:
-    return Dispatcher(Limiter(limits, EmbeddedStore()), KEY, TicketQueue(100), 100, batch_size=batch)
+    return make(limits, 100, batch=batch)
 
 
 async def test_far_from_the_limits_tickets_are_admitted_in_batches(running: list[Dispatcher]) -> None:
@@ -161,7 +175,7 @@ async def test_far_from_the_limits_tickets_are_admitted_in_batches(running: list
     assert all([await granted(t) for t in tickets])
     decisions = [t.decision for t in tickets]
     assert all(dec is not None and dec.allowed for dec in decisions)
-    assert (await d.limiter.peek(KEY)).state("requests/minute").used == 21
+    assert (await used(d, "requests/minute")) == 21
 
 
 async def test_near_a_limit_batches_stop_and_order_holds(running: list[Dispatcher]) -> None:
@@ -174,23 +188,21 @@ async def test_near_a_limit_batches_stop_and_order_holds(running: list[Dispatche
     d.submit(small)
     # Asked together, the small one would fit and overtake the big one.
     assert not await granted(small, within=0.3)
-    assert (await d.limiter.peek(KEY)).state("tokens/minute").used == 60
+    assert (await used(d, "tokens/minute")) == 60
 
 
 async def test_a_request_admits_itself_only_when_nothing_waits(running: list[Dispatcher]) -> None:
-    d = start(
-        Dispatcher(Limiter(Limits(tpm=100), EmbeddedStore()), KEY, TicketQueue(100), 10, inline=True), running
-    )
+    d = start(make(Limits(tpm=100), inline=True), running)
     first = Ticket(Priority.NORMAL, Cost(1, 60))
-    decision = await d.admit_now(first)
-    assert decision is not None and decision.allowed
+    grant = await d.admit_now(first)
+    assert grant is not None and grant.decision.allowed
     assert d.in_flight == 1
     big = Ticket(Priority.NORMAL, Cost(1, 50))
     assert await d.admit_now(big) is None, "does not fit: it must queue"
     d.submit(big)
     small = Ticket(Priority.NORMAL, Cost(1, 5))
     assert await d.admit_now(small) is None, "fits, but the big one waits before it"
-    assert (await d.limiter.peek(KEY)).state("tokens/minute").used == 60
-    d.pause(10)
+    assert (await used(d, "tokens/minute")) == 60
+    d.members[0].pause(10)
     d.cancel(big)
     assert await d.admit_now(small) is None, "paused"
