@@ -32,10 +32,8 @@ class Cluster:
         instance_id: str,
         figures: Callable[[], dict[str, Any]],
         on_failure: Callable[[BaseException], None] | None = None,
-        budget_key: str = "",
     ) -> None:
         self.store = store
-        self.budget_key = budget_key
         self.on_failure = on_failure
         self.instance_id = instance_id
         self.figures = figures
