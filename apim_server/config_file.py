@@ -144,6 +144,8 @@ class Plan:
     source: str  # the file's name, or "settings"
     # Tenant key -> the highest x-apim-priority it may use, for tenants that are capped.
     priority_caps: tuple[tuple[str, str], ...] = ()
+    # Tenants whose weight or sub-limits are set: accepted, but not enforced in this version.
+    unenforced_tenants: tuple[str, ...] = ()
 
 
 def upstream_id(url: str) -> str:
@@ -209,4 +211,5 @@ def plan(config: ConfigFile, settings: Settings, source: str) -> Plan:
     caps = tuple(
         (t.key.get_secret_value(), t.max_priority) for t in config.tenants if t.max_priority != "high"
     )
-    return Plan(tuple(deployments), keys, source, caps)
+    unenforced = tuple(t.name for t in config.tenants if t.weight != 1 or t.rpm or t.tpm or t.rpd or t.tpd)
+    return Plan(tuple(deployments), keys, source, caps, unenforced)

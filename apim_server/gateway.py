@@ -156,6 +156,12 @@ class Gateway:
                     d.name,
                     redacted(d.url),
                 )
+        if self.plan.unenforced_tenants:
+            log.warning(
+                "tenants %s: weight and rpm/tpm/rpd/tpd sub-limits are accepted but not enforced yet "
+                "(they share every budget first come, first served)",
+                ", ".join(self.plan.unenforced_tenants),
+            )
         if not self.caller_keys.enabled:
             log.warning(
                 "APIM_API_KEYS is empty: anyone who can reach this gateway may spend the upstream's "
