@@ -231,7 +231,8 @@ class Exchange:
         gw.metrics.dispatched(max(0.0, started - decision.asked_at))
         try:
             up = deployment.upstream
-            upstream = await up.post(up.url(self.path, self.model), self.body, self._headers_for(deployment))
+            body = up.body_for(self.path, self.model, self.body)
+            upstream = await up.post(up.url(self.path, self.model), body, self._headers_for(deployment))
         except httpx.TransportError as exc:
             grant.release()
             self._upstream_done("error", started)

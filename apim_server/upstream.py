@@ -121,9 +121,17 @@ class Upstream:
             self._urls[key] = found
         return found
 
-    def azure_name(self, model: str) -> str:
-        """The Azure deployment a model's requests go to (the model id unless the file names one)."""
-        return self._azure_names.get(model, model)
+    def body_for(self, path: str, model: str, body: bytes) -> bytes:
+        """The body as this upstream must receive it: the caller's, except on Azure's Responses
+        API, which is not deployment-scoped: there the body's model names the deployment."""
+        if self.kind != "azure" or path != RESPONSES.path:
+            return body
+        name = self._azure_names.get(model)
+        if name is None or name == model:
+            return body
+        data = json.loads(body)
+        data["model"] = name
+        return json.dumps(data, separators=(",", ":")).encode()
 
     def _get_url(self, rest: str) -> httpx.URL:
         if self.kind == "azure":

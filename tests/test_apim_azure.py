@@ -6,6 +6,7 @@ like model names), and deployments of ``kind: azure`` in front of a ``MOCK_FLAVO
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -63,6 +64,10 @@ def test_upstream_of_kind_azure_builds_deployment_urls_and_sends_api_key() -> No
     )
     assert str(up.url("/v1/responses", "gpt-4o-mini")).endswith("/openai/responses?api-version=2024-06-01")
     assert str(up.models_url).endswith("/openai/models?api-version=2024-06-01")
+    chat = b'{"model":"gpt-4o-mini","messages":[]}'
+    assert up.body_for("/v1/chat/completions", "gpt-4o-mini", chat) is chat  # the path names it
+    responses = up.body_for("/v1/responses", "gpt-4o-mini", b'{"model":"gpt-4o-mini","input":"x"}')
+    assert json.loads(responses) == {"model": "mini-prod", "input": "x"}
     sent = dict(up.headers([(b"authorization", b"Bearer caller"), (b"api-key", b"caller")], "req_1"))
     assert sent[b"api-key"] == UPSTREAM_KEY.encode()
     assert b"authorization" not in sent
@@ -187,9 +192,12 @@ def test_a_burst_to_a_kind_azure_deployment_meets_no_azure_429(tmp_path: Path) -
                 azure.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, stream=True)
             )
             assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+            # Azure's Responses API is not deployment-scoped: the body names the Azure deployment.
+            answer = sdk.responses.create(model="my-chat", input="Hi.", max_output_tokens=500)
+            assert answer.model == MODEL and answer.output_text
             assert upstream.status()["totals"]["rate_limited"] == 0
             assert gw.status()["totals"]["upstream_429"] == 0
-            assert upstream.status()["totals"]["requests"] == BURST + 1
+            assert upstream.status()["totals"]["requests"] == BURST + 2
 
 
 def test_a_wrong_upstream_key_is_the_operators_problem(tmp_path: Path) -> None:
