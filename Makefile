@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint install clean
+.PHONY: run gateway test bench lint install clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: $(RUN_STAMP)
 	APIM_UPSTREAM_URL=$${APIM_UPSTREAM_URL:-http://127.0.0.1:8000/v1} $(BIN)/apim & apim=$$!; \
 	trap 'kill -TERM $$mock $$apim 2>/dev/null; wait $$mock $$apim; exit 0' INT TERM; \
 	wait $$mock $$apim
+
+## Start the gateway alone on :8001 (its upstream from APIM_CONFIG or the APIM_* settings).
+gateway: $(RUN_STAMP)
+	exec $(BIN)/apim
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

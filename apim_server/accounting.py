@@ -88,7 +88,7 @@ class Accounting:
         pause until the upstream's reset; otherwise our limiter is already waiting correctly and
         a pause would waste budget.
         """
-        pairs = remaining_and_reset(headers)
+        pairs = remaining_and_reset(headers, budget.unknown_reset_s)
         if not pairs:
             return
         exhausted = []

@@ -1,5 +1,6 @@
-"""The ASGI application: chat completions on a direct path, everything else through FastAPI
-(routes, OpenAI-shaped errors, and a lifespan that starts and drains the gateway)."""
+"""The ASGI application: the POST endpoints (chat completions first) on a direct path, Azure
+OpenAI's paths read as the ``/v1`` ones, everything else through FastAPI (routes,
+OpenAI-shaped errors, and a lifespan that starts and drains the gateway)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from apim_server import logs, routes
-from apim_server.chat import chat_completions
+from apim_server.chat import forward
 from apim_server.config import Settings
 from apim_server.config_file import load
 from apim_server.cors import GatewayCORS
 from apim_server.gateway import Gateway
 from apim_server.openapi import install as install_openapi
-from openai_wire import errors
+from openai_wire import azure, errors
+from openai_wire.endpoints import BY_PATH, CHAT, ApiEndpoint
 from openai_wire.errors import APIError
 from serving.connections import Bounds
 
@@ -55,15 +57,16 @@ def _hook_signals(on_signal: Callable[[], None]) -> None:
         signal.signal(sig, handler)
 
 
-CHAT_PATH = "/v1/chat/completions"
+CHAT_PATH = CHAT.path
 
 
 class GatewayApp:
-    """The outermost ASGI layer: ``POST /v1/chat/completions`` goes straight to its handler,
-    everything else (other routes, lifespan) to the FastAPI app.
+    """The outermost ASGI layer: the POST endpoints (``openai_wire.endpoints``) go straight to
+    their handler, everything else (other routes, lifespan) to the FastAPI app.
 
-    Routing and middleware cost more than a tenth of a forwarded request's CPU, and the chat
-    handler needs none of them: it answers every error itself in OpenAI's shape.
+    Routing and middleware cost more than a tenth of a forwarded request's CPU, and the
+    handler needs none of them: it answers every error itself in OpenAI's shape. Chat is
+    checked first: it is the hot path.
     """
 
     def __init__(
@@ -82,16 +85,37 @@ class GatewayApp:
         await self.entry(scope, receive, send)
 
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
-            request = Request(scope, receive, send)
-            try:
-                response = await chat_completions(self.gateway, request)
-            except Exception:
-                log.exception("unhandled error in a chat request")
-                response = APIError(500, "The server had an error while processing your request.").response()
-            await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == CHAT_PATH and scope["method"] == "POST":
+            await self.serve(CHAT, None, scope, receive, send)
+            return
+        deployment = None
+        if path.startswith("/openai/"):
+            # Azure OpenAI's paths, as the SDK's AzureOpenAI client calls them; one Azure would
+            # not serve (no api-version, an unknown operation) stays as it is: a 404.
+            found = azure.route(path, scope.get("query_string", b""))
+            if found is not None:
+                path, deployment = found.path, found.deployment
+                scope = {**scope, "path": path, "raw_path": path.encode()}
+        endpoint = BY_PATH.get(path)
+        if endpoint is not None and scope["method"] == "POST":
+            await self.serve(endpoint, deployment, scope, receive, send)
             return
         await self.api(scope, receive, send)
+
+    async def serve(
+        self, endpoint: ApiEndpoint, deployment: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        request = Request(scope, receive, send)
+        try:
+            response = await forward(self.gateway, request, endpoint, deployment)
+        except Exception:
+            log.exception("unhandled error in a %s request", endpoint.path)
+            response = APIError(500, "The server had an error while processing your request.").response()
+        await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> GatewayApp:

@@ -126,6 +126,9 @@ class Budget:
         self.limiter = Limiter(limits, store)
         self.key = f"{deployment.plan.store_id}|{model}|{limits.fingerprint()}"
         self.paused_until = 0.0  # monotonic: the upstream said this budget is exhausted
+        # How long an upstream's "0 left" lasts when it sends no reset (Azure sends none): one
+        # sub-window of its enforcement, or a second.
+        self.unknown_reset_s = float(limits.short_window_s or 1)
         self.last_decision: Decision | None = None
         self._on_return = on_return
 

@@ -1,6 +1,8 @@
-"""The chat completions endpoint: read, validate, price, then hand over to an Exchange.
+"""The POST endpoints (chat completions, and the rest of ``openai_wire.endpoints``): read,
+validate, price, then hand over to an Exchange. One path for all: the endpoint is data (its
+schema, its cost operation, its upstream path), not a branch.
 
-It is served outside FastAPI's routing and middleware (see ``app``): the hot path reads the
+They are served outside FastAPI's routing and middleware (see ``app``): the hot path reads the
 body, parses it once with ``json``, validates it once with pydantic, and forwards the
 caller's bytes.
 """
@@ -20,8 +22,8 @@ from apim_server.exchange import CLIENT_CLOSED, Exchange, record_refusal, shutdo
 from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
 from openai_wire.content_type import check_content_type
+from openai_wire.endpoints import CHAT, ApiEndpoint
 from openai_wire.errors import APIError, _validation_message, clip
-from openai_wire.schemas import ChatCompletionRequest
 
 LIMIT_WORDS = {
     "tokens/minute": "tokens per min (TPM)",
@@ -71,7 +73,18 @@ def too_large_error(model: str, name: str, limit: int, requested: int) -> APIErr
 
 
 async def chat_completions(gw: Gateway, request: Request) -> Response:
-    """The caller's answer: the upstream's, or a gateway error in OpenAI's shape."""
+    """A chat completion's answer (see ``forward``)."""
+    return await forward(gw, request, CHAT)
+
+
+async def forward(
+    gw: Gateway, request: Request, endpoint: ApiEndpoint, deployment: str | None = None
+) -> Response:
+    """The caller's answer: the upstream's, or a gateway error in OpenAI's shape.
+
+    ``deployment`` is the Azure deployment an inbound Azure path names: it stands for the
+    model, whatever the body says (as at Azure).
+    """
     request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
     model = ""
     try:
@@ -87,9 +100,9 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
             record_refusal(gw, request_id, model, CLIENT_CLOSED)
             return Response(status_code=CLIENT_CLOSED)
         data = _parse(raw)
-        model = str(data.get("model", ""))
+        model, rewrite = _name_model(gw, data, deployment)
         try:
-            parsed = ChatCompletionRequest.model_validate(data)
+            parsed = endpoint.schema.model_validate(data)
         except ValidationError as exc:
             message, param = _validation_message(RequestValidationError(exc.errors(include_url=False)))
             raise APIError(400, message, param=param, code="invalid_request") from None
@@ -106,7 +119,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         pool = gw.router.route(parsed.model)
         if pool is None:
             raise model_not_found(parsed.model)
-        cost = pool.estimate(data)
+        cost = pool.estimate(data, endpoint.operation)
         over = pool.too_large(cost)
         if over is not None:
             requested = cost.tokens if over.name.startswith("tokens") else cost.requests
@@ -116,17 +129,46 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         record_refusal(gw, request_id, model, error.status)
         return error.response()
 
-    stream = parsed.stream
-    include_usage = parsed.include_usage
+    stream: bool = getattr(parsed, "stream", False)
+    # A Responses stream always ends with its usage (``response.completed``); others say.
+    include_usage: bool = getattr(parsed, "include_usage", True)
     if stream and not include_usage:
         # Always learn the usage of a stream; the tap strips that chunk again for the caller.
         options = data.get("stream_options")
         data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        rewrite = True
+    if rewrite:
         raw = json.dumps(data, separators=(",", ":")).encode()
     exchange = Exchange(
-        gw, pool, request, Ticket(priority, cost), raw, stream, include_usage, parsed.model, request_id
+        gw,
+        pool,
+        request,
+        Ticket(priority, cost),
+        raw,
+        stream,
+        include_usage,
+        parsed.model,
+        request_id,
+        endpoint.path,
     )
     return await exchange.run()
+
+
+def _name_model(gw: Gateway, data: dict[str, Any], deployment: str | None) -> tuple[str, bool]:
+    """The model the body is for, set in ``data``, and whether the body had to change for it: an
+    Azure path's deployment replaces the body's model, and an Azure deployment name goes
+    upstream as the model it stands for."""
+    rewrite = False
+    if deployment is not None and data.get("model") != deployment:
+        data["model"] = deployment
+        rewrite = True
+    model = str(data.get("model", ""))
+    if model not in gw.router.pools:
+        named = gw.router.model_id(model)
+        if named != model:
+            data["model"] = model = named
+            rewrite = True
+    return model, rewrite
 
 
 def model_not_found(model: str) -> APIError:

@@ -135,6 +135,7 @@ class DeploymentPlan:
     max_concurrency: int
     models: dict[str, Limits]  # model id (or ANY_MODEL) -> limits
     azure_names: dict[str, str]  # model id -> Azure deployment name, where given
+    api_version: str | None = None  # Azure's api-version (None: the gateway's default)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ def plan(config: ConfigFile, settings: Settings, source: str) -> Plan:
                 max_concurrency=d.max_concurrency or settings.max_concurrency,
                 models=models,
                 azure_names={m: lim.deployment for m, lim in d.models.items() if lim.deployment},
+                api_version=d.api_version,
             )
         )
     keys = tuple(t.key.get_secret_value() for t in config.tenants)

@@ -1,5 +1,5 @@
-"""One chat request's life: wait for admission in its pool, forward, retry or fail over, settle,
-answer, log.
+"""One API request's life (chat, embeddings, responses, completions): wait for admission in
+its pool, forward, retry or fail over, settle, answer, log.
 
 The request's own coroutine does the forwarding once the dispatcher grants it, so no task is
 spawned per request; a disconnect watcher is started only for a request that is still
@@ -95,7 +95,7 @@ class RelayResponse(StreamingResponse):
 
 
 class Exchange:
-    """A chat request after validation: its pool, ticket, upstream body and headers, figures."""
+    """A request after validation: its pool, ticket, upstream body and headers, figures."""
 
     __slots__ = (
         "attempts",
@@ -105,6 +105,7 @@ class Exchange:
         "include_usage",
         "last_error",
         "model",
+        "path",
         "pool",
         "queue_s",
         "request",
@@ -127,8 +128,10 @@ class Exchange:
         include_usage: bool,
         model: str,
         request_id: str,
+        path: str = "/v1/chat/completions",
     ) -> None:
         self.gw = gw
+        self.path = path  # the endpoint's, under /v1: each upstream maps it to its own URL
         self.pool = pool
         self.request = request
         self.ticket = ticket
@@ -227,7 +230,9 @@ class Exchange:
         # On one clock (ours): from asking the store, which admits no earlier, to leaving.
         gw.metrics.dispatched(max(0.0, started - decision.asked_at))
         try:
-            upstream = await deployment.upstream.chat(self.body, self._headers_for(deployment))
+            up = deployment.upstream
+            body = up.body_for(self.path, self.model, self.body)
+            upstream = await up.post(up.url(self.path, self.model), body, self._headers_for(deployment))
         except httpx.TransportError as exc:
             grant.release()
             self._upstream_done("error", started)

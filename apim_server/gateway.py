@@ -73,6 +73,9 @@ class Gateway:
                     settings.upstream_timeout_s,
                     forward_caller_auth=forward_caller_auth,
                     forward_mock_faults=settings.forward_mock_faults,
+                    kind=d.kind,
+                    api_version=d.api_version,
+                    azure_names=d.azure_names,
                 ),
                 settings.default_max_tokens,
             )
@@ -148,14 +151,6 @@ class Gateway:
                 self.plan.source,
                 names,
             )
-        for d in self.plan.deployments:
-            if d.kind == "azure":
-                log.warning(
-                    "deployment %s is kind azure: its limits are kept, but Azure's paths and api-key "
-                    "header are not spoken yet (requests go to %s/chat/completions, OpenAI-style)",
-                    d.name,
-                    redacted(d.url),
-                )
         if self.plan.unenforced_tenants:
             log.warning(
                 "tenants %s: weight and rpm/tpm/rpd/tpd sub-limits are accepted but not enforced yet "

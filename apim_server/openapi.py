@@ -1,4 +1,4 @@
-"""The gateway's OpenAPI schema as the gateway behaves: the chat endpoint (served outside
+"""The gateway's OpenAPI schema as the gateway behaves: the POST endpoints (served outside
 FastAPI's routing), what each route answers, and OpenAI-shaped 400s instead of FastAPI's 422."""
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ def _responses(keys: bool) -> dict[tuple[str, str], dict[str, Any]]:
             **unauthorized,
             "502": wire.error_response("The upstream could not be reached."),
         },
+        ("/v1/models/{model_id}", "get"): {
+            "200": wire.json_response("One model.", {"$ref": "#/components/schemas/Model"}),
+            "404": wire.error_response("No deployment serves the model (`model_not_found`)."),
+            **unauthorized,
+            "502": wire.error_response("The upstream could not be reached."),
+        },
         ("/status", "get"): {"200": wire.json_response("Budget, counters and queue.", STATUS_SCHEMA)},
         ("/metrics", "get"): {
             "200": {
@@ -79,7 +85,7 @@ def _responses(keys: bool) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def _chat(keys: bool) -> dict[str, Any]:
+def _errors(keys: bool) -> dict[int, str]:
     errors = {
         400: "Invalid body, content type or header.",
         404: "The upstream does not know the model (passed through).",
@@ -93,12 +99,29 @@ def _chat(keys: bool) -> dict[str, Any]:
     }
     if keys:
         errors[401] = "Missing or unknown gateway key (APIM_API_KEYS)."
-    return wire.chat_operation(
-        errors,
-        [PRIORITY],
-        "OpenAI's chat completions, queued until the upstream's budget allows, then forwarded; the "
-        "answer is the upstream's (status, body, rate-limit headers) or a gateway error.",
-    )
+    return errors
+
+
+QUEUED = (
+    "Queued until the upstream's budget allows, then forwarded; the answer is the upstream's "
+    "(status, body, rate-limit headers) or a gateway error. Azure OpenAI's paths "
+    "(`/openai/deployments/{deployment}/...?api-version=`, `/openai/v1/...`) are served too."
+)
+
+
+def _posts(keys: bool) -> dict[str, Any]:
+    errors = _errors(keys)
+    paths = {
+        "/v1/chat/completions": {
+            "post": wire.chat_operation(errors, [PRIORITY], f"OpenAI's chat completions. {QUEUED}")
+        }
+    }
+    for path, summary, operation_id, request, answer, described, streams in wire.POST_OPERATIONS:
+        operation = wire.post_operation(
+            summary, operation_id, request, answer, described, errors, [PRIORITY], QUEUED, streams
+        )
+        paths[path] = {"post": operation}
+    return paths
 
 
 def install(api: FastAPI, keys: bool) -> None:
@@ -111,7 +134,7 @@ def install(api: FastAPI, keys: bool) -> None:
                 operation = built["paths"].get(path, {}).get(method)
                 if operation is not None:
                     operation["responses"] = responses
-            built["paths"]["/v1/chat/completions"] = {"post": _chat(keys)}
+            built["paths"].update(_posts(keys))
             built.setdefault("components", {}).setdefault("schemas", {}).update(wire.components())
             api.openapi_schema = wire.openai_errors(built)
         return api.openapi_schema

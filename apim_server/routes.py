@@ -1,20 +1,24 @@
-"""The gateway's HTTP surface besides chat completions: models, status, metrics, health."""
+"""The gateway's HTTP surface besides the POST endpoints: models, status, metrics, health."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from apim_server.budget import Budget
+from apim_server.chat import model_not_found
 from apim_server.config_file import ANY_MODEL
 from apim_server.exchange import upstream_auth_failed
 from apim_server.gateway import Gateway
+from openai_wire.endpoints import BY_PATH
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
 from ratelimit.limiter import status_limits
@@ -40,8 +44,31 @@ async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": request_id})
     upstream_client = gw.first_upstream
     headers = upstream_client.headers(request.scope["headers"], request_id)
+    return await _passed_through(gw, upstream_client.models(headers), request_id)
+
+
+async def model(request: Request, model_id: str) -> Response:
+    """One model: a configured one (404 ``model_not_found`` for one no deployment serves), or
+    (one deployment serving every model) the upstream's answer passed through."""
+    gw = gateway(request)
+    gw.caller_keys.check(request.headers)
+    request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    if gw.router.route(ANY_MODEL) is None:
+        if gw.router.route(model_id) is None:
+            raise model_not_found(model_id)
+        shown = gw.router.model_id(model_id)
+        body = {"id": shown, "object": "model", "created": int(gw.started_at), "owned_by": "apim"}
+        return JSONResponse(body, headers={"x-request-id": request_id})
+    upstream_client = gw.first_upstream
+    headers = upstream_client.headers(request.scope["headers"], request_id)
+    return await _passed_through(gw, upstream_client.model(model_id, headers), request_id)
+
+
+async def _passed_through(gw: Gateway, call: Awaitable[httpx.Response], request_id: str) -> Response:
+    """An upstream GET's answer as the caller sees it: redacted, our request id, 502 if unreachable."""
+    upstream_client = gw.first_upstream
     try:
-        upstream = await upstream_client.models(headers)
+        upstream = await call
     except Exception as exc:  # noqa: BLE001 - every transport failure is a 502
         raise APIError(
             502, f"Could not reach the upstream API ({type(exc).__name__}).", code="upstream_unreachable"
@@ -175,16 +202,18 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-async def chat_elsewhere(request: Request) -> Response:
-    """Never reached by a POST (``app.GatewayApp`` serves it); present so that other methods on
-    the chat path are 405s, not 404s."""
+async def post_elsewhere(request: Request) -> Response:
+    """Never reached by a POST (``app.GatewayApp`` serves them); present so that other methods on
+    the POST endpoints' paths are 405s, not 404s."""
     raise APIError(405, "Method Not Allowed")
 
 
 def install(app: FastAPI) -> None:
-    """Put the gateway's routes on ``app`` (chat completions bypass it: see ``app``)."""
-    app.router.add_route("/v1/chat/completions", chat_elsewhere, methods=["POST"])
+    """Put the gateway's routes on ``app`` (the POST endpoints bypass it: see ``app``)."""
+    for path in BY_PATH:
+        app.router.add_route(path, post_elsewhere, methods=["POST"])
     app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id:path}", model, methods=["GET"])
     app.add_api_route("/status", status, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])

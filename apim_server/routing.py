@@ -12,6 +12,7 @@ from apim_server.dispatcher import Dispatcher
 from apim_server.grant import Grant
 from apim_server.queue import Ticket, TicketQueue
 from apim_server.store_health import StoreHealth
+from ratelimit.cost import Operation
 from ratelimit.limits import Cost, Decision, LimitState
 from ratelimit.store import Store
 
@@ -28,10 +29,10 @@ class Pool:
             {id(m.deployment.estimator): m.deployment.estimator for m in members}.values()
         )
 
-    def estimate(self, body: Mapping[str, Any]) -> Cost:
+    def estimate(self, body: Mapping[str, Any], operation: Operation = Operation.CHAT) -> Cost:
         """The cost charged on whichever member admits it: the largest of the members' rules
         (one rule in the usual case), so no member is ever under-charged."""
-        costs = [e.estimate(body) for e in self._estimators]
+        costs = [e.estimate(body, operation=operation) for e in self._estimators]
         return max(costs, key=lambda c: c.tokens)
 
     def too_large(self, cost: Cost) -> LimitState | None:
@@ -86,10 +87,23 @@ class Router:
             )
             self.pools[model] = Pool(model, members, dispatcher)
         self._any = self.pools.get(ANY_MODEL)
+        # An Azure caller names a deployment, not a model: the file's deployment names stand for
+        # their models (a model id of the same spelling wins).
+        self.aliases = {
+            name: model
+            for d in plan.deployments
+            for model, name in d.azure_names.items()
+            if name not in self.pools
+        }
 
     def route(self, model: str) -> Pool | None:
-        """The pool serving ``model``; None when no deployment serves it (a 404)."""
-        return self.pools.get(model) or self._any
+        """The pool serving ``model`` (or the Azure deployment name ``model``); None when no
+        deployment serves it (a 404)."""
+        return self.pools.get(model) or self.pools.get(self.aliases.get(model, "")) or self._any
+
+    def model_id(self, name: str) -> str:
+        """The model id a request naming ``name`` (a model, or an Azure deployment) is for."""
+        return name if name in self.pools else self.aliases.get(name, name)
 
     @property
     def single(self) -> Pool | None:

@@ -8,10 +8,13 @@ import time
 from collections.abc import Iterable, Mapping
 from http.cookiejar import CookieJar
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from apim_server.transport import LeanTransport
+from openai_wire import azure
+from openai_wire.endpoints import RESPONSES
 from openai_wire.headers import parse_go_duration
 
 # Caller headers that go upstream: content negotiation and what the official SDKs send. Every
@@ -37,6 +40,10 @@ _CREDENTIALS = frozenset({b"authorization", b"api-key"})
 _PASSED_BACK = frozenset({"content-type", "retry-after", "retry-after-ms"})
 DEFAULT_429_WAIT_S = 1.0
 """Pause after a 429 that says nothing about when to come back."""
+AZURE_API_VERSION = "2024-10-21"
+"""The api-version an Azure deployment is called with when its configuration names none (the
+latest GA version of the data-plane API when this was written)."""
+_URL_CACHE = 1024
 
 
 class _NoCookies(CookieJar):
@@ -57,11 +64,23 @@ class Upstream:
         timeout_s: float,
         forward_caller_auth: bool = True,
         forward_mock_faults: bool = False,
+        kind: str = "openai",
+        api_version: str | None = None,
+        azure_names: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.chat_url = httpx.URL(f"{self.base_url}/chat/completions")
-        self.models_url = httpx.URL(f"{self.base_url}/models")
-        self._auth = f"Bearer {api_key}".encode() if api_key else None
+        self.kind = kind
+        self.api_version = api_version or AZURE_API_VERSION
+        # Azure names a model's deployment in the URL; absent from the file, the model id is it.
+        self._azure_names = dict(azure_names or {})
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self.models_url = self._get_url("models")
+        if not api_key:
+            self._auth: tuple[bytes, bytes] | None = None
+        elif kind == "azure":
+            self._auth = (b"api-key", api_key.encode())  # Azure's header, not a bearer token
+        else:
+            self._auth = (b"authorization", f"Bearer {api_key}".encode())
         # The caller's credentials go upstream only when they are meant for it: not when we send
         # our own key, and not when they are the caller's key for this gateway.
         self._drop_caller_auth = self._auth is not None or not forward_caller_auth
@@ -77,6 +96,51 @@ class Upstream:
             cookies=_NoCookies(),
             follow_redirects=False,
         )
+
+    def url(self, path: str, model: str) -> httpx.URL:
+        """Where a ``/v1`` POST ``path`` for ``model`` goes on this upstream.
+
+        OpenAI-style: under the base URL, the model in the body. Azure: on the model's
+        deployment (``{url}/openai/deployments/{name}/...?api-version=``); the Responses API is
+        not deployment-scoped there, its body's model names the deployment.
+        """
+        if self.kind != "azure":
+            model = ""  # one URL per path, whatever the model
+        key = (path, model)
+        found = self._urls.get(key)
+        if found is not None:
+            return found
+        if self.kind != "azure":
+            found = httpx.URL(self.base_url + path.removeprefix("/v1"))
+        elif path == RESPONSES.path:
+            found = self._get_url("responses")
+        else:
+            deployment = self._azure_names.get(model, model)
+            found = httpx.URL(azure.deployment_url(self.base_url, deployment, path, self.api_version))
+        if len(self._urls) < _URL_CACHE:  # a pool serving any model must not grow it without end
+            self._urls[key] = found
+        return found
+
+    def body_for(self, path: str, model: str, body: bytes) -> bytes:
+        """The body as this upstream must receive it: the caller's, except on Azure's Responses
+        API, which is not deployment-scoped: there the body's model names the deployment."""
+        if self.kind != "azure" or path != RESPONSES.path:
+            return body
+        name = self._azure_names.get(model)
+        if name is None or name == model:
+            return body
+        data = json.loads(body)
+        data["model"] = name
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    def _get_url(self, rest: str) -> httpx.URL:
+        if self.kind == "azure":
+            version = quote(self.api_version, safe="")
+            return httpx.URL(f"{self.base_url}/openai/{rest}?api-version={version}")
+        return httpx.URL(f"{self.base_url}/{rest}")
+
+    def model_url(self, model_id: str) -> httpx.URL:
+        return self._get_url(f"models/{quote(model_id, safe='')}")
 
     @property
     def own_key(self) -> bool:
@@ -97,20 +161,18 @@ class Upstream:
             ):
                 out.append((name, value))
         if auth is not None:
-            out.append((b"authorization", auth))
+            out.append(auth)
         return out
 
-    async def chat(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> httpx.Response:
-        """Send a chat request on the client's pool; the body is read (or streamed) by the caller.
+    async def post(self, url: httpx.URL, body: bytes, headers: list[tuple[bytes, bytes]]) -> httpx.Response:
+        """Send a request on the client's pool; the body is read (or streamed) by the caller.
 
         This goes to the shared client's transport directly: the client's per-request cookie,
         auth and redirect handling is work a proxy must not do anyway (cookies would leak from
         one caller to the next, redirects belong to the caller) and cost a sixth of the
         gateway's CPU per request.
         """
-        request = httpx.Request(
-            "POST", self.chat_url, headers=headers, content=body, extensions=self._timeout
-        )
+        request = httpx.Request("POST", url, headers=headers, content=body, extensions=self._timeout)
         return await self.transport.handle_async_request(request)
 
     async def models(
@@ -118,6 +180,9 @@ class Upstream:
     ) -> httpx.Response:
         extra: dict[str, Any] = {} if limit_s is None else {"timeout": limit_s}
         return await self.client.get(self.models_url, headers=headers, **extra)
+
+    async def model(self, model_id: str, headers: list[tuple[bytes, bytes]]) -> httpx.Response:
+        return await self.client.get(self.model_url(model_id), headers=headers)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -156,8 +221,14 @@ def retry_wait_s(headers: httpx.Headers) -> float:
     return max(resets) if resets else DEFAULT_429_WAIT_S
 
 
-def remaining_and_reset(headers: Mapping[str, str]) -> list[tuple[str, int, float]]:
-    """(kind, remaining, reset seconds) for ``requests`` and ``tokens`` where the upstream says."""
+def remaining_and_reset(
+    headers: Mapping[str, str], missing_reset_s: float = 0.0
+) -> list[tuple[str, int, float]]:
+    """(kind, remaining, reset seconds) for ``requests`` and ``tokens`` where the upstream says.
+
+    ``missing_reset_s`` stands for a reset the upstream does not send: Azure OpenAI sends only
+    the ``x-ratelimit-remaining-*`` headers, and its 0 left must not read as "reset now".
+    """
     out = []
     for kind in ("requests", "tokens"):
         remaining = headers.get(f"x-ratelimit-remaining-{kind}")
@@ -167,7 +238,8 @@ def remaining_and_reset(headers: Mapping[str, str]) -> list[tuple[str, int, floa
             left = int(remaining)
         except ValueError:
             continue
-        out.append((kind, left, parse_go_duration(headers.get(f"x-ratelimit-reset-{kind}", ""))))
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        out.append((kind, left, missing_reset_s if reset is None else parse_go_duration(reset)))
     return out
 
 

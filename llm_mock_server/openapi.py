@@ -105,38 +105,6 @@ def _responses(settings: MockSettings) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-# (path, summary, operation id, request, answer, answer description, streams)
-_OPERATIONS = (
-    (
-        "/v1/embeddings",
-        "Create embeddings",
-        "create_embedding",
-        "EmbeddingRequest",
-        "EmbeddingList",
-        "One deterministic unit vector per input.",
-        False,
-    ),
-    (
-        "/v1/responses",
-        "Create a response",
-        "create_response",
-        "ResponsesRequest",
-        "Response",
-        "The response, or with `stream: true` its events (`response.created` ... `response.completed`).",
-        True,
-    ),
-    (
-        "/v1/completions",
-        "Create a completion (legacy)",
-        "create_completion",
-        "CompletionRequest",
-        "TextCompletion",
-        "The completion, or with `stream: true` `text_completion` chunks ending in `data: [DONE]`.",
-        True,
-    ),
-)
-
-
 def _errors(settings: MockSettings) -> dict[int, str]:
     errors = {
         400: "Invalid body, content type or header.",
@@ -180,7 +148,7 @@ def _posts(settings: MockSettings) -> dict[str, Any]:
             "post": wire.chat_operation(errors, parameters, f"OpenAI's chat completions. {LIMITS_NOTE}")
         }
     }
-    for path, summary, operation_id, request, answer, described, streams in _OPERATIONS:
+    for path, summary, operation_id, request, answer, described, streams in wire.POST_OPERATIONS:
         operation = wire.post_operation(
             summary, operation_id, request, answer, described, errors, parameters, LIMITS_NOTE, streams
         )

@@ -210,6 +210,38 @@ def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# (path, summary, operation id, request, answer, answer description, streams)
+POST_OPERATIONS = (
+    (
+        "/v1/embeddings",
+        "Create embeddings",
+        "create_embedding",
+        "EmbeddingRequest",
+        "EmbeddingList",
+        "One vector per input (floats, or base64 with `encoding_format: base64`).",
+        False,
+    ),
+    (
+        "/v1/responses",
+        "Create a response",
+        "create_response",
+        "ResponsesRequest",
+        "Response",
+        "The response, or with `stream: true` its events (`response.created` ... `response.completed`).",
+        True,
+    ),
+    (
+        "/v1/completions",
+        "Create a completion (legacy)",
+        "create_completion",
+        "CompletionRequest",
+        "TextCompletion",
+        "The completion, or with `stream: true` `text_completion` chunks ending in `data: [DONE]`.",
+        True,
+    ),
+)
+
+
 REQUESTS = (ChatCompletionRequest, EmbeddingRequest, ResponsesRequest, CompletionRequest)
 
 

@@ -39,7 +39,8 @@ def test_the_shipped_example_is_valid_and_means_what_it_says() -> None:
     )
     assert openai.models["gpt-4o"] == Limits(rpm=500, tpm=30000, margin_ms=500)
     assert azure.kind == "azure"
-    assert azure.azure_names == {"gpt-4o-mini": "mini-prod"}
+    assert azure.azure_names == {"gpt-4o-mini": "mini-prod", "text-embedding-3-small": "embed-prod"}
+    assert azure.api_version == "2024-10-21"
     mini = azure.models["gpt-4o-mini"]
     assert (mini.rpm, mini.tpm, mini.short_window_s) == (2700, 450000, 10), "6 RPM per 1,000 TPM"
     assert plan.tenant_keys == ("team-a-key",)

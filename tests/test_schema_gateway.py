@@ -26,6 +26,8 @@ EXAMPLES = 60
 DERANDOMIZE = os.environ.get("SCHEMA_FUZZ_RANDOM") != "1"
 SETTINGS = {**UNLIMITED, "MAX_BODY_BYTES": "65536"}
 MODELS = ["gpt-4o-mini", "gpt-4o"]
+# text-embedding-3-large takes every `dimensions` the schema allows (ada-002 takes none).
+EMBEDDING_MODELS = ["text-embedding-3-large"]
 
 OPENAPI = create_app(Settings(**{k.lower(): v for k, v in SETTINGS.items()})).api.openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI)
@@ -34,9 +36,15 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 @schema.hook
 def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrategy[Any]:
     """Random model names are all the upstream's 404s: name a served model in most cases."""
+    if isinstance(body, dict) and context.operation.path == "/v1/responses":
+        # The mock keeps no responses, so it refuses any id (its own schema says so): that 400 is
+        # the upstream's, not the gateway's.
+        body = {k: v for k, v in body.items() if k != "previous_response_id"}
     # Only a valid model name is replaced: an empty or non-string one is a negative case's point.
     if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
-        return st.sampled_from([body["model"], *MODELS]).map(lambda m: {**body, "model": m})
+        # Each endpoint's own models: an embedding model on chat is the upstream's 400.
+        served = EMBEDDING_MODELS if context.operation.path == "/v1/embeddings" else MODELS
+        return st.sampled_from([body["model"], *served]).map(lambda m, b=body: {**b, "model": m})
     return st.just(body)
 
 
