@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from openai_wire.errors import APIError, clip
 from openai_wire.headers import retry_after_headers
-from ratelimit.limits import Cost, Decision, LimitState
+from ratelimit.limits import Cost, Decision, LimitState, Window
 
 if TYPE_CHECKING:
     from apim_server.budget import Budget
@@ -63,6 +63,7 @@ class Prediction:
     binding: LimitState | None = None
     cost: Cost | None = None  # what was asked: the queue ahead plus the request
     pause: str = "the upstream asked the gateway to pause"  # what holds it when no limit binds
+    ahead: int = 0  # requests queued ahead of it, counted in ``cost``
 
 
 NOW = Prediction(0)
@@ -95,9 +96,10 @@ class Unfittable(Exception):
             asked = p.cost.tokens if p.cost is not None and kind == "tokens" else None
             if asked is None and p.cost is not None:
                 asked = p.cost.requests
+            with_queue = f" (with the {p.ahead} queued ahead of it)" if p.ahead else ""
             message = (
                 f"Rate limit reached for {clip(model)} on {words}: Limit {state.limit}, Used {state.used}, "
-                f"Requested {asked} (with the requests queued ahead of it). {later}"
+                f"Requested {asked}{with_queue}. {later}"
             )
         return APIError(
             429, message, type=kind, code="rate_limit_exceeded", headers=retry_after_headers(p.wait_ms)
@@ -127,7 +129,7 @@ async def predict(pool: Pool, ticket: Ticket, health: StoreHealth | None = None)
         for member in pool.members:
             if member.limiter.too_large(ticket.cost) is not None:
                 continue
-            found = await member_prediction(member, total)
+            found = await member_prediction(member, total, requests)
             if best is None or found.wait_ms < best.wait_ms:
                 best = found
     if best is None:
@@ -135,7 +137,7 @@ async def predict(pool: Pool, ticket: Ticket, health: StoreHealth | None = None)
     held = health.wait_s() if health is not None else None
     if held is not None and held != math.inf and held * 1000 > best.wait_ms:
         reason = "admission is held while the limiter store's record is rebuilt (the store restarted)"
-        best = Prediction(math.ceil(held * 1000), None, best.cost, reason)
+        best = Prediction(math.ceil(held * 1000), None, best.cost, reason, best.ahead)
     return best
 
 
@@ -143,7 +145,7 @@ def _ready_member(pool: Pool, ticket: Ticket) -> bool:
     return any(m.ready_in() <= 0 and m.limiter.too_large(ticket.cost) is None for m in pool.members)
 
 
-async def member_prediction(member: Budget, total: Cost) -> Prediction:
+async def member_prediction(member: Budget, total: Cost, ahead: int = 0) -> Prediction:
     """When ``total`` fits ``member``: its pause, or the store's wait for that cost.
 
     A total larger than a window's limit drains over several windows: each full window ahead
@@ -164,10 +166,10 @@ async def member_prediction(member: Budget, total: Cost) -> Prediction:
     binding = decision.binding
     if binding is None and extra_ms:
         binding = _over(decision, total)
-    return Prediction(wait_ms, binding, total)
+    return Prediction(wait_ms, binding, total, ahead=ahead)
 
 
-def _rest(windows: tuple, requests: int, tokens: int) -> tuple[int, int]:  # type: ignore[type-arg]
+def _rest(windows: tuple[Window, ...], requests: int, tokens: int) -> tuple[int, int]:
     """What is left of a cost beyond whole windows of every limit (at least one unit each)."""
     for window in windows:
         if window.requests and requests > window.requests:
