@@ -85,12 +85,36 @@ class Settings(ConnectionSettings):
         "admission is granted anyway and a warning logged.",
     )
     queue_timeout_s: float = Field(
-        300, gt=0, description="Longest wait in the queue; then 504 `queue_timeout` (no budget used)."
+        300,
+        gt=0,
+        description="Longest wait in the queue (a caller may ask for less with `x-apim-timeout-ms`). "
+        "A request predicted to be admitted later is answered 429 at once; one still waiting then "
+        "gets 504 `queue_timeout` (no budget used).",
     )
     max_queue: int = Field(
         10_000,
         ge=1,
         description="Requests that may wait at once in one pool (one model's queue); beyond, 429 at once.",
+    )
+    queue_share_normal_pct: int = Field(
+        80,
+        ge=1,
+        le=100,
+        description="`normal` requests are refused (429 `queue_full`) once the pool's queue holds this "
+        "share of APIM_MAX_QUEUE, so room is left for `high` (which may fill all of it).",
+    )
+    queue_share_low_pct: int = Field(
+        50,
+        ge=1,
+        le=100,
+        description="`low` requests are refused once the pool's queue holds this share of "
+        "APIM_MAX_QUEUE: a queue full of `low` never refuses `high` or `normal`.",
+    )
+    priority_aging_s: float = Field(
+        0,
+        ge=0,
+        description="A waiting request rises one priority class for every this many seconds waited, "
+        "so `low` is not starved forever (0 = off: strict priority).",
     )
     max_concurrency: int = Field(
         256, ge=1, description="Requests forwarded upstream at once (also the keep-alive pool size)."

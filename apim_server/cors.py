@@ -24,6 +24,8 @@ EXPOSED = (
     "x-ratelimit-reset-requests",
     "x-ratelimit-reset-tokens",
     "x-apim-queue-ms",
+    "x-apim-expected-wait-ms",
+    "x-should-retry",
     "retry-after",
     "retry-after-ms",
     "x-request-id",

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from apim_server.budget import Budget
+from apim_server.deadline import Prediction, Unfittable
 from apim_server.grant import Grant
 from apim_server.queue import Priority, QueueFull, State, Ticket, TicketQueue
 from apim_server.slots import Slot
@@ -107,6 +108,7 @@ class Dispatcher:
         self._idle = False  # waiting for an arrival
         self._watching: Ticket | None = None  # the denied head it sleeps for
         self._denied: dict[int, float] = {}  # member index -> monotonic time the head may fit there
+        self._why: dict[int, Decision] = {}  # member index -> the denial that said so
         self._denied_for: Ticket | None = None
         self._task: asyncio.Task[None] | None = None
         if health is not None:
@@ -242,6 +244,8 @@ class Dispatcher:
                 return
         member, index, soonest = self._choose(head)
         if member is None:
+            if self._refuse_if_late(head):
+                return
             self._watching = head
             try:
                 await self._wake.wait(soonest)
@@ -270,6 +274,7 @@ class Dispatcher:
             return
         head.state = State.QUEUED
         self._denied[index] = time.monotonic() + max(decision.wait_ms, 1) / 1000
+        self._why[index] = decision
         # The next step asks the next member, or sleeps until the soonest of their waits.
 
     def _choose(self, head: Ticket) -> tuple[Budget | None, int, float | None]:
@@ -278,6 +283,7 @@ class Dispatcher:
         if self._denied_for is not head:
             self._denied_for = head
             self._denied.clear()
+            self._why.clear()
         now = time.monotonic()
         soonest: float | None = None
         for i, candidate in enumerate(self.members):
@@ -295,6 +301,33 @@ class Dispatcher:
                 continue
             return candidate, i, None
         return None, -1, soonest
+
+    def _refuse_if_late(self, head: Ticket) -> bool:
+        """Answer ``head`` with its 429 when no member can admit it before its deadline."""
+        if head.deadline == float("inf") or self._denied_for is not head:
+            return False
+        now = time.monotonic()
+        best: Prediction | None = None
+        for i, candidate in enumerate(self.members):
+            if candidate.limiter.too_large(head.cost) is not None:
+                continue
+            until = self._denied.get(i)
+            if until is None or until <= now:
+                # Not asked about this head (a pause alone does not refuse: the upstream's word
+                # is less exact than the budget's record, so such a head ends in its 504).
+                return False
+            why = self._why[i]
+            wait = max(candidate.ready_in(), until - now)
+            found = Prediction(round(wait * 1000), why.binding, head.cost)
+            if best is None or found.wait_ms < best.wait_ms:
+                best = found
+        if best is None or now + best.wait_ms / 1000 <= head.deadline:
+            return False
+        if not self.queue.leave(head, State.OUT):
+            return False
+        if head.future is not None and not head.future.done():
+            head.future.set_exception(Unfittable(best, head.deadline - head.arrived))
+        return True
 
     async def _settle(self, ticket: Ticket, member: Budget, decision: Decision, slot: Slot) -> bool:
         """Grant an allowed ticket; False only if it was denied and is still waiting."""

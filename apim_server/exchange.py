@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from apim_server.accounting import usage_of
 from apim_server.budget import Deployment
+from apim_server.deadline import EXPECTED_HEADER, Unfittable, predict, timeout_s
 from apim_server.dispatcher import Closed
 from apim_server.grant import Grant
 from apim_server.queue import QueueFull, Ticket
@@ -101,6 +102,7 @@ class Exchange:
         "attempts",
         "body",
         "deadline",
+        "expected_ms",
         "gw",
         "include_usage",
         "last_error",
@@ -113,6 +115,7 @@ class Exchange:
         "retries_left",
         "stream",
         "ticket",
+        "timeout_s",
         "up_headers",
         "upstream_s",
     )
@@ -141,7 +144,9 @@ class Exchange:
         self.model = model
         self.request_id = request_id
         self.up_headers: tuple[Deployment, list[tuple[bytes, bytes]]] | None = None
-        self.deadline = ticket.arrived + gw.settings.queue_timeout_s
+        self.timeout_s = gw.settings.queue_timeout_s
+        self.deadline = ticket.arrived + self.timeout_s
+        self.expected_ms: int | None = None  # the wait predicted at arrival
         self.attempts = 0
         self.queue_s = 0.0
         self.upstream_s = 0.0
@@ -152,11 +157,16 @@ class Exchange:
 
     async def run(self) -> Response:
         """Attempts until one gives the caller's final answer."""
+        try:
+            self.timeout_s = timeout_s(self.request.headers, self.gw.settings.queue_timeout_s)
+        except APIError as error:
+            return self.error(error)
+        self.deadline = self.ticket.deadline = self.ticket.arrived + self.timeout_s
         requeue = False
         while True:
             try:
                 grant = await self._admission(requeue)
-            except (QueueFull, Closed, _Timeout, _Disconnected) as exc:
+            except (QueueFull, Closed, _Timeout, _Disconnected, Unfittable) as exc:
                 return self._not_admitted(exc)
             self.attempts += 1
             try:
@@ -169,7 +179,6 @@ class Exchange:
             requeue = True
 
     def _not_admitted(self, exc: Exception) -> Response:
-        settings = self.gw.settings
         if isinstance(exc, QueueFull):
             return self.error(
                 APIError(
@@ -182,6 +191,8 @@ class Exchange:
             )
         if isinstance(exc, Closed):
             return self.error(shutdown_error())
+        if isinstance(exc, Unfittable):
+            return self.error(exc.error(self.model))
         if isinstance(exc, _Disconnected):
             return self.finish(Response(status_code=CLIENT_CLOSED))
         if self.last_error is not None:
@@ -192,7 +203,7 @@ class Exchange:
             return self.error(
                 APIError(
                     503,
-                    f"The request waited {settings.queue_timeout_s:g}s in the gateway's queue while the "
+                    f"The request waited {self.timeout_s:g}s in the gateway's queue while the "
                     "limiter store was unreachable (nothing is sent without the shared budget); it was "
                     "not sent.",
                     code="store_unavailable",
@@ -202,12 +213,15 @@ class Exchange:
         return self.error(
             APIError(
                 504,
-                f"The request waited {settings.queue_timeout_s:g}s in the gateway's queue without fitting "
-                "the upstream's rate limits (APIM_QUEUE_TIMEOUT_S); it was not sent.",
+                f"The request waited {self.timeout_s:g}s in the gateway's queue without fitting "
+                "the upstream's rate limits (x-apim-timeout-ms or APIM_QUEUE_TIMEOUT_S); it was not sent.",
                 type="timeout",
                 code="queue_timeout",
                 # When it could fit: the budget's wait or the upstream's pause (after its 429s).
-                headers=retry_after_headers(max(1000, self.pool.dispatcher.expected_wait_ms())),
+                # The gateway already waited on the caller's behalf: an SDK retry would only queue
+                # for another whole timeout, so the SDK is told not to (the caller decides).
+                headers=retry_after_headers(max(1000, self.pool.dispatcher.expected_wait_ms()))
+                | {"x-should-retry": "false"},
             )
         )
 
@@ -348,12 +362,17 @@ class Exchange:
             grant = await dispatcher.admit_now(ticket)
             if grant is not None:
                 self.queue_s += time.monotonic() - entered
+                self.expected_ms = 0
                 return grant
+            await self._predict()
             dispatcher.submit(ticket)
         future = ticket.future
         assert future is not None
         try:
-            return await self._granted(future, entered)
+            grant = await self._granted(future, entered)
+            if not requeue and self.expected_ms is not None:
+                self.gw.metrics.predicted(self.expected_ms / 1000, time.monotonic() - entered)
+            return grant
         except (_Timeout, _Disconnected):
             raise  # already withdrawn
         except BaseException:
@@ -365,6 +384,22 @@ class Exchange:
             raise
         finally:
             self.queue_s += time.monotonic() - entered
+
+    async def _predict(self) -> None:
+        """Predict the wait at arrival (``expected_ms``); Unfittable when it ends past the deadline.
+
+        Without a prediction (the store unreachable, an error asking it) the request queues as
+        before: its deadline still holds."""
+        if self.gw.health.unreachable:
+            return
+        try:
+            prediction = await predict(self.pool, self.ticket, self.gw.health)
+        except Exception as exc:  # noqa: BLE001 - a failed prediction only loses the hint
+            log.warning("could not predict the wait of %s: %s", self.request_id, exc)
+            return
+        self.expected_ms = prediction.wait_ms
+        if time.monotonic() + prediction.wait_ms / 1000 > self.deadline:
+            raise Unfittable(prediction, self.timeout_s)
 
     async def _granted(self, future: asyncio.Future[Grant], entered: float) -> Grant:
         """The grant, or _Timeout / _Disconnected (the ticket then withdrawn)."""
@@ -451,7 +486,10 @@ class Exchange:
         return self.gw.redactor.headers(passed_back(upstream.headers))
 
     def _own_headers(self) -> dict[str, str]:
-        return {"x-request-id": self.request_id, "x-apim-queue-ms": str(round(self.queue_s * 1000))}
+        headers = {"x-request-id": self.request_id, "x-apim-queue-ms": str(round(self.queue_s * 1000))}
+        if self.expected_ms is not None:
+            headers[EXPECTED_HEADER] = str(self.expected_ms)
+        return headers
 
     def error(self, error: APIError) -> Response:
         return self.finish(error.response())

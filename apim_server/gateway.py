@@ -93,6 +93,8 @@ class Gateway:
             inline=embedded,
             on_admit=self._on_admit,
             on_return=self.metrics.tokens_refunded.labels(kind="abandoned").inc,
+            queue_shares=(100, settings.queue_share_normal_pct, settings.queue_share_low_pct),
+            aging_s=settings.priority_aging_s,
         )
         self.health.record_empty = self.router.record_empty
         self.health.key = self.router.budgets[0].key

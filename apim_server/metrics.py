@@ -160,6 +160,16 @@ class Metrics:
         self.queue_wait = Histogram(
             "apim_queue_wait_seconds", "Time a request waited in the queue", buckets=WAIT_BUCKETS, registry=r
         )
+        self.prediction_error = Histogram(
+            "apim_queue_wait_prediction_error_seconds",
+            "Actual queue wait minus the wait predicted at arrival (x-apim-expected-wait-ms), per "
+            "admitted request, by direction: `late` = admitted after the prediction, `early` = before",
+            ["direction"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self._late = self.prediction_error.labels(direction="late")
+        self._early = self.prediction_error.labels(direction="early")
         self.upstream_latency = Histogram(
             "apim_upstream_latency_seconds",
             "Upstream time of one attempt, to the end of its body or stream",
@@ -240,6 +250,11 @@ class Metrics:
     def waited(self, seconds: float) -> None:
         self.queue_wait.observe(seconds)
         self.recent_waits.append(seconds)
+
+    def predicted(self, predicted_s: float, actual_s: float) -> None:
+        """One admitted request's wait against its prediction (a histogram holds no negatives)."""
+        error = actual_s - predicted_s
+        (self._late if error >= 0 else self._early).observe(abs(error))
 
     def dispatched(self, lag_s: float) -> None:
         self.dispatch_lag.observe(lag_s)

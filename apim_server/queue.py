@@ -1,8 +1,15 @@
-"""The bounded waiting room: three priority classes, FIFO within each."""
+"""The bounded waiting room: three priority classes, FIFO within each.
+
+Each class may fill the queue only up to its share of ``max_size`` (``high`` all of it), so a
+queue full of ``low`` never refuses ``high``. With aging on, a ticket rises one class for every
+``aging_s`` it has waited (only in the order of admission, never in its capacity), so ``low`` is
+not starved forever; off, priority is strict.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from enum import IntEnum
@@ -43,12 +50,13 @@ class State(IntEnum):
 class Ticket:
     """One request's place in its pool's queue; its future resolves with the grant."""
 
-    __slots__ = ("arrived", "cost", "decision", "future", "generation", "priority", "state")
+    __slots__ = ("arrived", "cost", "deadline", "decision", "future", "generation", "priority", "state")
 
     def __init__(self, priority: Priority, cost: Cost) -> None:
         self.priority = priority
         self.cost = cost
         self.arrived = time.monotonic()
+        self.deadline = math.inf  # monotonic: the exchange sets it from its timeout
         self.state = State.OUT
         self.future: asyncio.Future[Grant] | None = None
         self.decision: Decision | None = None
@@ -60,7 +68,11 @@ class Ticket:
 
 
 class QueueFull(Exception):
-    """The queue holds ``max_size`` requests already."""
+    """The queue holds as many requests as the ticket's class may join."""
+
+
+FULL_SHARES = (100, 100, 100)
+"""Every class may fill the whole queue (no per-class capacity)."""
 
 
 class TicketQueue:
@@ -71,14 +83,21 @@ class TicketQueue:
     so that a ticket put back in the queue never revives its old place.
     """
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(
+        self, max_size: int, shares: tuple[int, int, int] = FULL_SHARES, aging_s: float = 0.0
+    ) -> None:
         self.max_size = max_size
+        # Room per class: the depth (all classes) at which a class stops being taken; at least 1.
+        self.room = tuple(max(1, math.ceil(max_size * share / 100)) for share in shares)
+        self.aging_s = aging_s
         self._classes: tuple[deque[tuple[int, Ticket]], ...] = tuple(deque() for _ in Priority)
         self.depth = 0
+        # Costs waiting per class (requests, tokens): what a new ticket of a class has ahead of it.
+        self._queued: list[list[int]] = [[0, 0] for _ in Priority]
 
     def push(self, ticket: Ticket) -> None:
-        """Append at the back of its class; QueueFull when the queue is full."""
-        if self.depth >= self.max_size:
+        """Append at the back of its class; QueueFull when its class may take no more."""
+        if self.depth >= self.room[ticket.priority]:
             raise QueueFull
         self._enter(ticket)
         self._classes[ticket.priority].append((ticket.generation, ticket))
@@ -98,27 +117,54 @@ class TicketQueue:
         waiting.insert(i, (ticket.generation, ticket))
 
     def head(self) -> Ticket | None:
-        """The next ticket to admit: the first waiting one of the highest non-empty class."""
+        """The next ticket to admit: the first waiting one of the highest non-empty class (with
+        aging, of the best class any class's oldest ticket has reached, the oldest first)."""
+        best: Ticket | None = None
         for waiting in self._classes:
             while waiting:
                 generation, ticket = waiting[0]
                 if generation == ticket.generation and (
                     ticket.state is State.QUEUED or ticket.state is State.ADMITTING
                 ):
-                    return ticket
+                    if not self.aging_s:
+                        return ticket
+                    if best is None or self._rank(ticket) < self._rank(best):
+                        best = ticket
+                    break
                 waiting.popleft()
-        return None
+        return best
 
     def first(self, n: int) -> list[Ticket]:
         """Up to ``n`` waiting tickets in admission order (those not being admitted already)."""
         out: list[Ticket] = []
         for waiting in self._classes:
+            taken = 0
             for entry in waiting:
                 if entry[0] == entry[1].generation and entry[1].state is State.QUEUED:
                     out.append(entry[1])
-                    if len(out) == n:
-                        return out
-        return out
+                    taken += 1
+                    if taken == n or (not self.aging_s and len(out) == n):
+                        break
+            if not self.aging_s and len(out) == n:
+                return out
+        if self.aging_s:
+            # Within a class the oldest ranks best, so the n best of all are among these.
+            out.sort(key=self._rank)
+        return out[:n]
+
+    def _rank(self, ticket: Ticket) -> tuple[int, float]:
+        """Admission order with aging: the class reached by waiting, then arrival."""
+        risen = int((time.monotonic() - ticket.arrived) / self.aging_s)
+        return max(0, ticket.priority - risen), ticket.arrived
+
+    def ahead(self, priority: Priority) -> tuple[int, int]:
+        """Requests and tokens waiting that a new ticket of ``priority`` would queue behind
+        (its own class and better; with aging, a lower class's aged tickets are not counted)."""
+        requests = tokens = 0
+        for p in range(priority + 1):
+            requests += self._queued[p][0]
+            tokens += self._queued[p][1]
+        return requests, tokens
 
     def leave(self, ticket: Ticket, state: State) -> bool:
         """Take ``ticket`` out (granted, cancelled, answered); False if it was not waiting."""
@@ -126,6 +172,9 @@ class TicketQueue:
             return False
         ticket.state = state
         self.depth -= 1
+        queued = self._queued[ticket.priority]
+        queued[0] -= ticket.cost.requests
+        queued[1] -= ticket.cost.tokens
         return True
 
     def drain(self) -> list[Ticket]:
@@ -159,6 +208,9 @@ class TicketQueue:
         ticket.decision = None
         ticket.future = asyncio.get_running_loop().create_future()
         self.depth += 1
+        queued = self._queued[ticket.priority]
+        queued[0] += ticket.cost.requests
+        queued[1] += ticket.cost.tokens
 
 
 def _live(entry: tuple[int, Ticket]) -> bool:

@@ -10,7 +10,7 @@ from apim_server.budget import Budget, Deployment
 from apim_server.config_file import ANY_MODEL, Plan
 from apim_server.dispatcher import Dispatcher
 from apim_server.grant import Grant
-from apim_server.queue import Ticket, TicketQueue
+from apim_server.queue import FULL_SHARES, Ticket, TicketQueue
 from apim_server.store_health import StoreHealth
 from ratelimit.cost import Operation
 from ratelimit.limits import Cost, Decision, LimitState
@@ -65,6 +65,8 @@ class Router:
         inline: bool,
         on_admit: Callable[[Ticket, Budget, Decision], None] | None = None,
         on_return: Callable[[int], None] | None = None,
+        queue_shares: tuple[int, int, int] = FULL_SHARES,
+        aging_s: float = 0.0,
     ) -> None:
         self.deployments = deployments
         self.budgets: list[Budget] = []
@@ -78,7 +80,7 @@ class Router:
         for model, members in by_model.items():
             dispatcher = Dispatcher(
                 members,
-                TicketQueue(max_queue),
+                TicketQueue(max_queue, queue_shares, aging_s),
                 health,
                 on_admit=on_admit,
                 batch_size=batch_size,

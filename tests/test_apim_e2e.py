@@ -341,23 +341,36 @@ def plain_upstream() -> Iterator[Service]:
 def test_queue_timeout_is_504_and_uses_no_budget(
     plain_upstream: Service, redis_url: str, redis_prefix: str
 ) -> None:
+    # The budget has room, so the prediction is "at once"; the one slot is held by a slow answer,
+    # so the prediction is wrong and the request times out in the queue.
     with gateway(
-        plain_upstream, RPM_LIMIT="1", QUEUE_TIMEOUT_S="1", **on_redis(redis_url, redis_prefix)
+        plain_upstream,
+        RPM_LIMIT="100",
+        MAX_CONCURRENCY="1",
+        QUEUE_TIMEOUT_S="1",
+        **on_redis(redis_url, redis_prefix),
     ) as gw:
         sent_before = plain_upstream.status()["totals"]["requests"]
         assert chat(gw).status_code == 200
+        slow = Background(lambda: chat(gw, headers={"x-mock-fault": "slow"}))
+        wait_for(lambda: gw.status()["queue"]["in_flight"] == 1, what="the slow request in flight")
         late = chat(gw)
         assert late.status_code == 504
         assert late.json()["error"]["code"] == "queue_timeout"
         assert int(late.headers["retry-after"]) >= 1
+        assert late.headers["x-apim-expected-wait-ms"] == "0"
+        # The gateway waited on the caller's behalf: the SDK must not queue it again.
+        assert late.headers["x-should-retry"] == "false"
         assert int(late.headers["x-apim-queue-ms"]) >= 1000
-        assert gw.status()["limits"]["rpm"]["used"] == 1
-        assert plain_upstream.status()["totals"]["requests"] - sent_before == 1
+        assert slow.join().status_code == 200
+        assert gw.status()["limits"]["rpm"]["used"] == 2
+        assert plain_upstream.status()["totals"]["requests"] - sent_before == 2
 
 
 def test_full_queue_is_429_with_retry_after(plain_upstream: Service) -> None:
-    with gateway(plain_upstream, RPM_LIMIT="1", MAX_QUEUE="1", QUEUE_TIMEOUT_S="3") as gw:
-        assert chat(gw).status_code == 200
+    with gateway(plain_upstream, MAX_CONCURRENCY="1", MAX_QUEUE="1", QUEUE_TIMEOUT_S="3") as gw:
+        slow = Background(lambda: chat(gw, headers={"x-mock-fault": "slow"}))
+        wait_for(lambda: gw.status()["queue"]["in_flight"] == 1, what="the slow request in flight")
         waiting = Background(lambda: chat(gw))
         wait_for(lambda: gw.status()["queue"]["depth"] == 1, what="one queued request")
         full = chat(gw)
@@ -365,6 +378,7 @@ def test_full_queue_is_429_with_retry_after(plain_upstream: Service) -> None:
         assert full.json()["error"]["code"] == "queue_full"
         assert int(full.headers["retry-after"]) >= 1
         assert waiting.join().status_code == 504
+        assert slow.join().status_code == 200
 
 
 def test_caller_that_hangs_up_while_queued_uses_no_budget(plain_upstream: Service) -> None:

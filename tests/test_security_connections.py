@@ -214,7 +214,8 @@ def test_the_file_limit_is_raised_to_the_hard_limit(bounded: Service) -> None:
 def test_pipelined_requests_whose_caller_hung_up_are_never_sent(upstream: Service) -> None:
     """Three requests in one write on one connection, then the caller leaves: the one queued
     behind the exhausted budget is withdrawn, and none reaches the upstream."""
-    env = gateway_env(upstream.v1, RPM_LIMIT="1", QUEUE_TIMEOUT_S="60")
+    # A timeout past the window's 60.5 s, so the request behind the spent budget queues.
+    env = gateway_env(upstream.v1, RPM_LIMIT="1", QUEUE_TIMEOUT_S="120")
     with running("apim_server", env=env) as gw:
         assert chat(gw).status_code == 200  # the minute's one request
         sent = upstream.status()["totals"]["requests"]
