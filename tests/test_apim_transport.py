@@ -66,7 +66,8 @@ def answer(body: bytes) -> bytes:
     )
 
 
-async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def requests(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The bodies of the requests on one connection, until the client hangs up."""
     while True:
         try:
             body = await read_request(reader)
@@ -74,6 +75,11 @@ async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
             return
         if body is None:
             return
+        yield body
+
+
+async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async for body in requests(reader):
         writer.write(answer(b'{"echo":%d}' % len(body)))
         await writer.drain()
 
@@ -201,13 +207,7 @@ async def test_an_interim_100_continue_is_skipped_and_never_handed_to_the_next_r
     # answer would return the connection to the pool with the real answer still coming, and the
     # next request on it would read the previous caller's completion.
     async def continue_then_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                body = await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            if body is None:
-                return
+        async for body in requests(reader):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
             await asyncio.sleep(0.05)
@@ -227,13 +227,7 @@ async def test_an_interim_100_continue_is_skipped_and_never_handed_to_the_next_r
 async def test_data_arriving_on_an_idle_connection_makes_it_unusable(client: httpx.AsyncClient) -> None:
     # Bytes nobody asked for (a late or extra answer) must never be read as the next answer.
     async def answer_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                body = await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            if body is None:
-                return
+        async for body in requests(reader):
             writer.write(answer(b'{"caller":"%s"}' % body))
             await writer.drain()
             await asyncio.sleep(0.05)
