@@ -4,7 +4,8 @@ mock with the same limits. Bounded, 127.0.0.1 only, stops itself.
 What it checks and prints:
 
 - every request sent is answered (sent = answered; an answer is any HTTP status: half the
-  offered load cannot fit the budget and waits until ``APIM_QUEUE_TIMEOUT_S``, then gets 504);
+  offered load cannot fit the budget: told so at once (429) when its predicted admission is past
+  ``APIM_QUEUE_TIMEOUT_S``, else it waits and, if the prediction was wrong, gets 504);
 - zero upstream 429s (the mock enforces the same limits: any over-admission shows there);
 - resident memory (``VmRSS`` from ``/proc/PID/status``) of each process sampled every
   second: flat within 10% after the warm-up (the first fifth of the run, at least a minute);

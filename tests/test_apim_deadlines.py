@@ -264,3 +264,16 @@ async def test_a_prediction_counts_the_queue_ahead() -> None:
     far = await predict(pool, Ticket(Priority.NORMAL, Cost(1, 0)))
     assert 119_000 < far.wait_ms <= 120_000
     d.close()
+
+
+async def test_with_aging_the_dispatcher_admits_a_long_waiting_low_request_first(running) -> None:  # noqa: F811
+    order: list[Priority] = []
+    queue = TicketQueue(100, aging_s=10)
+    d = Dispatcher([budget(Limits())], queue, on_admit=lambda t, _b, _d: order.append(t.priority))
+    low, high = Ticket(Priority.LOW, Cost(1, 0)), Ticket(Priority.HIGH, Cost(1, 0))
+    low.arrived -= 25  # two aging steps: it ranks as high, and is older
+    d.submit(high)
+    d.submit(low)
+    start(d, running)
+    assert await granted(low) and await granted(high)
+    assert order == [Priority.LOW, Priority.HIGH]
