@@ -25,7 +25,7 @@ from apim_server.budget import Deployment
 from apim_server.deadline import EXPECTED_HEADER, Unfittable, predict, timeout_s
 from apim_server.dispatcher import Closed
 from apim_server.grant import Grant
-from apim_server.queue import QueueFull, Ticket
+from apim_server.queue import PRIORITY_NAMES, QueueFull, Ticket
 from apim_server.streaming import UsageTap
 from apim_server.upstream import final_429, passed_back, retry_wait_s
 from openai_wire.errors import APIError
@@ -486,7 +486,12 @@ class Exchange:
         return self.gw.redactor.headers(passed_back(upstream.headers))
 
     def _own_headers(self) -> dict[str, str]:
-        headers = {"x-request-id": self.request_id, "x-apim-queue-ms": str(round(self.queue_s * 1000))}
+        headers = {
+            "x-request-id": self.request_id,
+            "x-apim-queue-ms": str(round(self.queue_s * 1000)),
+            # The class it was queued in: a tenant's max_priority may have lowered what it asked.
+            "x-apim-priority": PRIORITY_NAMES[self.ticket.priority],
+        }
         if self.expected_ms is not None:
             headers[EXPECTED_HEADER] = str(self.expected_ms)
         return headers

@@ -39,6 +39,10 @@ class Priority(IntEnum):
             raise ValueError(value) from None
 
 
+PRIORITY_NAMES = ("high", "normal", "low")
+"""By ``Priority`` value, as the ``x-apim-priority`` header spells them."""
+
+
 class State(IntEnum):
     QUEUED = 0
     ADMITTING = 1  # the dispatcher is asking the limiter about it right now

@@ -206,3 +206,24 @@ def test_three_gateways_with_one_file_share_every_budget_exactly(
             keys = {gw.status()["budgets"][0]["key"] for gw in gws}
             assert len(keys) == 1
             assert gws[0].status()["limits"]["rpm"]["used"] == 6
+
+
+def test_a_tenant_above_its_max_priority_is_queued_lower_and_told_so(tmp_path: Path) -> None:
+    with mock_with(tmp_path, {SMALL: 600}) as upstream, ExitStack() as stack:
+        path = config(tmp_path, [("mock", upstream.v1, {SMALL: 600})])
+        tenants = [
+            "  - {name: capped, key: sk-capped, max_priority: normal}",
+            "  - {name: free, key: sk-free}",
+        ]
+        path.write_text(path.read_text() + "tenants:\n" + "\n".join(tenants) + "\n")
+        gw = stack.enter_context(gateway_with(path))
+        body = {"model": SMALL, "messages": MESSAGES, "max_tokens": 4}
+
+        def asked_high(key: str) -> httpx.Response:
+            headers = {"authorization": f"Bearer {key}", "x-apim-priority": "high"}
+            return httpx.post(f"{gw.v1}/chat/completions", json=body, headers=headers, timeout=30)
+
+        capped, free = asked_high("sk-capped"), asked_high("sk-free")
+        assert capped.status_code == free.status_code == 200
+        assert capped.headers["x-apim-priority"] == "normal"
+        assert free.headers["x-apim-priority"] == "high"
