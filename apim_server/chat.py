@@ -23,14 +23,7 @@ from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
 from openai_wire.content_type import check_content_type
 from openai_wire.endpoints import CHAT, ApiEndpoint
-from openai_wire.errors import APIError, _validation_message, clip
-
-LIMIT_WORDS = {
-    "tokens/minute": "tokens per min (TPM)",
-    "requests/minute": "requests per min (RPM)",
-    "tokens/day": "tokens per day (TPD)",
-    "requests/day": "requests per day (RPD)",
-}
+from openai_wire.errors import LIMIT_WORDS, APIError, _validation_message, clip
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from openai_wire.errors import APIError, clip
+from openai_wire.errors import LIMIT_WORDS, APIError, clip
 from openai_wire.headers import retry_after_headers
 from ratelimit.limits import Cost, Decision, LimitState, Window
 
@@ -27,13 +27,6 @@ if TYPE_CHECKING:
 
 TIMEOUT_HEADER = "x-apim-timeout-ms"
 EXPECTED_HEADER = "x-apim-expected-wait-ms"
-
-LIMIT_WORDS = {
-    "tokens/minute": "tokens per min (TPM)",
-    "requests/minute": "requests per min (RPM)",
-    "tokens/day": "tokens per day (TPD)",
-    "requests/day": "requests per day (RPD)",
-}
 
 
 def timeout_s(headers: Mapping[str, str], default_s: float) -> float:

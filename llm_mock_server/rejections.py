@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from openai_wire.errors import APIError, clip
+from openai_wire.errors import LIMIT_WORDS, APIError, clip
 from openai_wire.headers import go_duration, retry_after_headers
 from ratelimit.limits import LimitState
 
 ORGANIZATION = "org-mock"
 LIMITS_URL = "https://platform.openai.com/account/rate-limits"
 
-# How OpenAI names each limit in a 429 message, and the error type it reports.
-_LIMIT_WORDS = {
-    "requests/minute": ("requests per min (RPM)", "requests"),
-    "tokens/minute": ("tokens per min (TPM)", "tokens"),
-    "requests/day": ("requests per day (RPD)", "requests"),
-    "tokens/day": ("tokens per day (TPD)", "tokens"),
-}
-
 
 def limit_words(state: LimitState, rpm: int) -> tuple[str, str]:
     """The phrase and error type for a limit; a short RPM window is named with its RPM."""
-    if state.name in _LIMIT_WORDS:
-        return _LIMIT_WORDS[state.name]
+    if state.name in LIMIT_WORDS:
+        return LIMIT_WORDS[state.name], state.name.partition("/")[0]
     unit, _, window = state.name.partition("/")
     if unit == "requests":
         return f"requests per {window} (RPM {rpm} enforced per {window})", "requests"

@@ -39,6 +39,15 @@ def clip(value: str, cap: int = ECHO_CAP) -> str:
     return value if len(value) <= cap else f"{value[:cap]}...({len(value)} chars)"
 
 
+LIMIT_WORDS = {
+    "requests/minute": "requests per min (RPM)",
+    "tokens/minute": "tokens per min (TPM)",
+    "requests/day": "requests per day (RPD)",
+    "tokens/day": "tokens per day (TPD)",
+}
+"""How OpenAI's 429 messages name each limit (the error's ``type`` is the part before ``/``)."""
+
+
 class APIError(Exception):
     """An error answer: raise it anywhere in a route and the handler renders it."""
 
