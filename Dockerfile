@@ -14,7 +14,9 @@ COPY serving ./serving
 COPY llm_mock_server ./llm_mock_server
 COPY apim_server ./apim_server
 COPY monitor ./monitor
-RUN pip install . \
+# Optional extras, e.g. `--build-arg EXTRAS=otel` for APIM_OTEL_TRACES.
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
     && useradd --create-home --uid 10001 app
 
 USER app

@@ -33,8 +33,13 @@ run: $(RUN_STAMP)
 gateway: $(RUN_STAMP)
 	exec $(BIN)/apim
 
+# Three pytest-xdist workers, each running whole test files (a module's processes start once):
+# most of the suite's time is waiting (real windows passing, queues timing out, failovers), which
+# overlaps well even on two cores (measured: 2 workers 324 s, 3 workers 250 s, serial 563 s).
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -1,17 +1,20 @@
-"""Keeping our budget in step with the upstream's: usage settled, drift detected."""
+"""Keeping our budget in step with the upstream's: usage settled (the upstream's own figures are
+followed in ``following``)."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apim_server.budget import Budget
 from apim_server.metrics import Metrics
-from apim_server.upstream import remaining_and_reset
 from ratelimit.limiter import clamped
 from ratelimit.limits import Decision
+
+if TYPE_CHECKING:
+    from apim_server.admission import TenantCharge
 
 log = logging.getLogger("apim.accounting")
 
@@ -56,9 +59,15 @@ class Accounting:
         self._unused = metrics.tokens_refunded.labels(kind="unused")
 
     async def settle(
-        self, budget: Budget, estimate: int, decision: Decision, usage: Mapping[str, Any] | None
+        self,
+        budget: Budget,
+        estimate: int,
+        decision: Decision,
+        usage: Mapping[str, Any] | None,
+        charge: TenantCharge | None = None,
     ) -> int | None:
-        """Charge usage above ``estimate`` (or refund below it, opt-in); the actual tokens."""
+        """Charge usage above ``estimate`` (or refund below it, opt-in) to the budget and to the
+        tenant's sub-limits (``charge``); the actual tokens."""
         if usage is None:
             return None
         actual = total_tokens(usage)
@@ -73,48 +82,13 @@ class Accounting:
             if actual > estimate:
                 await budget.charge(actual - estimate)
                 self._excess.inc(actual - estimate)
+                if charge is not None:
+                    await charge.excess(actual - estimate)
             elif self.refund_unused and actual < estimate:
                 await budget.refund(estimate - actual, decision.now_ms)
                 self._unused.inc(estimate - actual)
+                if charge is not None:
+                    await charge.give_back(0, estimate - actual)
         except Exception:
             log.exception("could not settle usage with the limiter store")
         return actual
-
-    async def check_drift(self, budget: Budget, headers: Mapping[str, str], decision: Decision) -> None:
-        """Compare the upstream's ``x-ratelimit-remaining-*`` with ours; pause on real drift.
-
-        The upstream saying 0 is normal when we fill the budget exactly; it only means drift
-        (others share the upstream, or costs differ) when our own view still has room. Then we
-        pause until the upstream's reset; otherwise our limiter is already waiting correctly and
-        a pause would waste budget.
-        """
-        pairs = remaining_and_reset(headers, budget.unknown_reset_s)
-        if not pairs:
-            return
-        exhausted = []
-        for kind, left, reset in pairs:
-            ours = decision.state(f"{kind}/minute")
-            if ours.limit:
-                self.metrics.drift.labels(limit=kind).set(left - ours.remaining)
-            if left == 0 and reset > 0:
-                exhausted.append((kind, reset))
-        if not exhausted:
-            return
-        try:
-            now = await budget.peek()
-        except Exception:
-            log.exception("could not read the limiter store to check drift")
-            return
-        for kind, reset in exhausted:
-            ours = now.state(f"{kind}/minute")
-            if ours.limit and ours.remaining == 0:
-                continue
-            log.warning(
-                "drift: upstream reports 0 %s remaining for %s while we count %s left; pausing it %.2fs",
-                kind,
-                budget.name,
-                ours.remaining if ours.limit else "no limit",
-                reset,
-            )
-            self.metrics.drift_pauses.inc()
-            budget.pause(reset)

@@ -16,8 +16,9 @@ from apim_server.config_file import DeploymentPlan
 from apim_server.slots import Slots
 from apim_server.upstream import Upstream
 from ratelimit.cost import CostEstimator
+from ratelimit.fair_share import Ask
 from ratelimit.limiter import Limiter
-from ratelimit.limits import NOTHING, Cost, Decision, Limits
+from ratelimit.limits import NOTHING, Cost, Decision, Limits, LimitState
 from ratelimit.store import Store
 
 log = logging.getLogger("apim.budget")
@@ -123,6 +124,7 @@ class Budget:
     ) -> None:
         self.deployment = deployment
         self.model = model
+        self.configured = limits
         self.limiter = Limiter(limits, store)
         self.key = f"{deployment.plan.store_id}|{model}|{limits.fingerprint()}"
         self.paused_until = 0.0  # monotonic: the upstream said this budget is exhausted
@@ -149,8 +151,17 @@ class Budget:
     def paused_for(self) -> float:
         return max(0.0, self.paused_until - time.monotonic())
 
-    async def acquire(self, cost: Cost) -> Decision:
-        decision = await self.limiter.acquire(self.key, cost)
+    def enforce(self, limits: Limits, hard: Limits) -> None:
+        """Evaluate this budget's record under ``limits`` from now on (the upstream's own, lower
+        figures: ``following``), refusing as too large only what exceeds ``hard``. The key stays
+        the configured one, so nothing already admitted is forgotten."""
+        if limits == self.configured and hard == self.configured:
+            self.limiter = Limiter(limits, self.limiter.store)
+        else:
+            self.limiter = _Followed(limits, hard, self.limiter.store)
+
+    async def acquire(self, cost: Cost, fair: Ask | None = None) -> Decision:
+        decision = await self.limiter.acquire(self.key, cost, fair)
         self.last_decision = decision
         return decision
 
@@ -163,6 +174,11 @@ class Budget:
     async def refund(self, tokens: int, admitted_at_ms: int) -> Decision:
         return await self.limiter.refund(self.key, tokens, admitted_at_ms)
 
+    async def give_back_share(self, fair: Ask, decision: Decision) -> None:
+        """An admission made with ``fair`` was not served: its tenant's share comes off the
+        tenant's finish tag in the budget's record (the request and tokens stay counted)."""
+        await self.limiter.refund(self.key, 0, decision.now_ms, 0, fair)
+
     async def return_tokens(self, tokens: int, decision: Decision) -> None:
         """An admission that will not be sent gives its tokens back."""
         if tokens <= 0:
@@ -174,3 +190,17 @@ class Budget:
             return
         if self._on_return is not None:
             self._on_return(tokens)
+
+
+class _Followed(Limiter):
+    """A budget's limiter while it follows the upstream's figures: admission under the lower
+    levels, but "too large" only against the limits a request can never pass (the configured
+    ones, or the upstream's own reported limit): a request above a level that only reflects
+    someone else's spending fits again once that spending leaves the window."""
+
+    def __init__(self, limits: Limits, hard: Limits, store: Store) -> None:
+        super().__init__(limits, store)
+        self._hard = hard.policy()
+
+    def too_large(self, cost: Cost) -> LimitState | None:
+        return self._hard.too_large(cost)

@@ -80,6 +80,7 @@ async def forward(
     """
     request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
     model = ""
+    gw.metrics.received()
     try:
         if gw.closing:
             raise shutdown_error()
@@ -108,7 +109,8 @@ async def forward(
                 param="x-apim-priority",
                 code="invalid_priority",
             ) from None
-        priority = gw.priority_caps.clamp(priority, request.headers)
+        tenant = gw.tenants.identify(request.headers)
+        priority = gw.tenants.clamp(priority, tenant)
         pool = gw.router.route(parsed.model)
         if pool is None:
             raise model_not_found(parsed.model)
@@ -136,7 +138,7 @@ async def forward(
         gw,
         pool,
         request,
-        Ticket(priority, cost),
+        Ticket(priority, cost, tenant, pool.share(cost, tenant) if gw.tenants.enabled else 0),
         raw,
         stream,
         include_usage,

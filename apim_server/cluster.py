@@ -17,7 +17,16 @@ log = logging.getLogger("apim.cluster")
 TTL_MS = 5000
 """An instance that stopped publishing drops out of the sum after this long."""
 PERIOD_S = 1.0
-SUMMED = ("depth", "in_flight", "admitted", "requests")
+SUMMED = (
+    "depth",
+    "in_flight",
+    "admitted",
+    "requests",
+    "received",
+    "received_per_min",
+    "admitted_per_min",
+    "answered_per_min",
+)
 
 
 class Cluster:

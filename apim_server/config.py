@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from apim_server import tracing
 from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
@@ -161,6 +162,13 @@ class Settings(ConnectionSettings):
         True, description="Log one line per chat request (id, model, tokens, ms, status)."
     )
     log_level: LogLevel = Field("info", description="Log level: debug, info, warning, error.")
+    otel_traces: bool = Field(
+        False,
+        description="Send OpenTelemetry traces (a span per request; its queue wait, admission and "
+        "upstream calls as children; the caller's `traceparent` as parent, the upstream call's sent "
+        "upstream) over OTLP/HTTP to where the standard `OTEL_EXPORTER_OTLP_*` variables say "
+        "(default localhost:4318). Needs the `otel` extra.",
+    )
 
     @field_validator("upstream_url")
     @classmethod
@@ -168,6 +176,13 @@ class Settings(ConnectionSettings):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("otel_traces")
+    @classmethod
+    def _otel(cls, value: bool) -> bool:
+        if value and not tracing.available():
+            raise ValueError(f"needs the otel extra: {tracing.EXTRA}")
         return value
 
     def limits(self) -> Limits:

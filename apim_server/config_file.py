@@ -33,7 +33,16 @@ ANY_MODEL = "*"
 """The model name of the one budget a deployment without a model list keeps for every model."""
 AZURE_RPM_PER_1000_TPM = 6
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-__all__ = ["ANY_MODEL", "ConfigError", "ConfigFile", "DeploymentPlan", "Plan", "from_settings", "load"]
+__all__ = [
+    "ANY_MODEL",
+    "ConfigError",
+    "ConfigFile",
+    "DeploymentPlan",
+    "Plan",
+    "TenantPlan",
+    "from_settings",
+    "load",
+]
 
 
 class _Strict(BaseModel):
@@ -78,11 +87,12 @@ class DeploymentConfig(_Strict):
 
 
 class TenantConfig(_Strict):
-    """A caller, by key. Weights and sub-limits are validated now; fair sharing comes later."""
+    """A caller, by key: its weight in a contended budget, its sub-limits over all its traffic,
+    the highest priority it may ask for."""
 
     name: str = Field(pattern=_NAME, max_length=64)
     key: SecretStr
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, ge=0.01, le=1000)
     rpm: int = Field(0, ge=0)
     tpm: int = Field(0, ge=0)
     rpd: int = Field(0, ge=0)
@@ -139,14 +149,25 @@ class DeploymentPlan:
 
 
 @dataclass(frozen=True)
+class TenantPlan:
+    """One tenant as the gateway runs it."""
+
+    name: str
+    key: str
+    weight: float
+    max_priority: str
+    limits: Limits | None  # its sub-limits over all its traffic (None: none)
+
+
+@dataclass(frozen=True)
 class Plan:
     deployments: tuple[DeploymentPlan, ...]
-    tenant_keys: tuple[str, ...]
+    tenants: tuple[TenantPlan, ...]
     source: str  # the file's name, or "settings"
-    # Tenant key -> the highest x-apim-priority it may use, for tenants that are capped.
-    priority_caps: tuple[tuple[str, str], ...] = ()
-    # Tenants whose weight or sub-limits are set: accepted, but not enforced in this version.
-    unenforced_tenants: tuple[str, ...] = ()
+
+    @property
+    def tenant_keys(self) -> tuple[str, ...]:
+        return tuple(t.key for t in self.tenants)
 
 
 def upstream_id(url: str) -> str:
@@ -209,9 +230,23 @@ def plan(config: ConfigFile, settings: Settings, source: str) -> Plan:
                 api_version=d.api_version,
             )
         )
-    keys = tuple(t.key.get_secret_value() for t in config.tenants)
-    caps = tuple(
-        (t.key.get_secret_value(), t.max_priority) for t in config.tenants if t.max_priority != "high"
+    tenants = tuple(
+        TenantPlan(
+            t.name,
+            t.key.get_secret_value(),
+            t.weight,
+            t.max_priority,
+            Limits(
+                rpm=t.rpm,
+                tpm=t.tpm,
+                rpd=t.rpd,
+                tpd=t.tpd,
+                daily_reset_tz=settings.daily_reset_tz,
+                margin_ms=settings.window_margin_ms,
+            )
+            if t.rpm or t.tpm or t.rpd or t.tpd
+            else None,
+        )
+        for t in config.tenants
     )
-    unenforced = tuple(t.name for t in config.tenants if t.weight != 1 or t.rpm or t.tpm or t.rpd or t.tpd)
-    return Plan(tuple(deployments), keys, source, caps, unenforced)
+    return Plan(tuple(deployments), tenants, source)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from openai_wire.errors import LIMIT_WORDS, APIError, clip
 from openai_wire.headers import retry_after_headers
+from ratelimit.limiter import Limiter
 from ratelimit.limits import Cost, Decision, LimitState, Window
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Prediction:
     cost: Cost | None = None  # what was asked: the queue ahead plus the request
     pause: str = "the upstream asked the gateway to pause"  # what holds it when no limit binds
     ahead: int = 0  # requests queued ahead of it, counted in ``cost``
+    who: str = ""  # whose limit binds when it is not the model's budget ("tenant team-a")
 
 
 NOW = Prediction(0)
@@ -90,8 +92,9 @@ class Unfittable(Exception):
             if asked is None and p.cost is not None:
                 asked = p.cost.requests
             with_queue = f" (with the {p.ahead} queued ahead of it)" if p.ahead else ""
+            subject = p.who or clip(model)
             message = (
-                f"Rate limit reached for {clip(model)} on {words}: Limit {state.limit}, Used {state.used}, "
+                f"Rate limit reached for {subject} on {words}: Limit {state.limit}, Used {state.used}, "
                 f"Requested {asked}{with_queue}. {later}"
             )
         return APIError(
@@ -111,7 +114,7 @@ def fits_now(decision: Decision | None, cost: Cost) -> bool:
 
 async def predict(pool: Pool, ticket: Ticket, health: StoreHealth | None = None) -> Prediction:
     """When ``ticket``, about to join ``pool``'s queue, would be admitted (see the module)."""
-    requests, tokens = pool.queue.ahead(ticket.priority)
+    requests, tokens = pool.queue.ahead(ticket.priority, ticket.tenant)
     total = Cost(requests + ticket.cost.requests, tokens + ticket.cost.tokens)
     best = None
     if fits_now(pool.dispatcher.last_decision, total) and _ready_member(pool, ticket):
@@ -127,6 +130,14 @@ async def predict(pool: Pool, ticket: Ticket, health: StoreHealth | None = None)
                 best = found
     if best is None:
         return NOW  # no member could ever take it: refused elsewhere as too large
+    tenant = ticket.tenant
+    if tenant is not None and tenant.limiter is not None:
+        # Its tenant's own sub-limits, with what the tenant has queued ahead of it in this pool.
+        mine_r, mine_t = pool.queue.tenant_ahead(ticket.priority, tenant)
+        own = Cost(mine_r + ticket.cost.requests, mine_t + ticket.cost.tokens)
+        found = await limiter_prediction(tenant.limiter, tenant.key, own, mine_r)
+        if found.wait_ms > best.wait_ms:
+            best = replace(found, who=f"tenant {tenant.name}")
     held = health.wait_s() if health is not None else None
     if held is not None and held != math.inf and held * 1000 > best.wait_ms:
         reason = "admission is held while the limiter store's record is rebuilt (the store restarted)"
@@ -139,12 +150,19 @@ def _ready_member(pool: Pool, ticket: Ticket) -> bool:
 
 
 async def member_prediction(member: Budget, total: Cost, ahead: int = 0) -> Prediction:
-    """When ``total`` fits ``member``: its pause, or the store's wait for that cost.
+    """When ``total`` fits ``member``: its pause, or the store's wait for that cost."""
+    found = await limiter_prediction(member.limiter, member.key, total, ahead)
+    paused = math.ceil(member.ready_in() * 1000)
+    return replace(found, wait_ms=paused) if paused > found.wait_ms else found
+
+
+async def limiter_prediction(limiter: Limiter, key: str, total: Cost, ahead: int = 0) -> Prediction:
+    """When ``total`` fits ``key``'s limits, as the store says.
 
     A total larger than a window's limit drains over several windows: each full window ahead
     adds its length, and the store is asked about the rest.
     """
-    policy = member.limiter.policy
+    policy = limiter.policy
     extra_ms = 0
     requests, tokens = total.requests, total.tokens
     for window in policy.windows:
@@ -154,8 +172,8 @@ async def member_prediction(member: Budget, total: Cost, ahead: int = 0) -> Pred
                 extra_ms = max(extra_ms, windows * window.length_ms)
     if extra_ms:
         requests, tokens = _rest(policy.windows, requests, tokens)
-    decision = await member.peek(Cost(requests, tokens))
-    wait_ms = max(decision.wait_ms + extra_ms, math.ceil(member.ready_in() * 1000))
+    decision = await limiter.peek(key, Cost(requests, tokens))
+    wait_ms = decision.wait_ms + extra_ms
     binding = decision.binding
     if binding is None and extra_ms:
         binding = _over(decision, total)

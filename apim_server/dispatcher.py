@@ -22,12 +22,16 @@ import logging
 import time
 from collections.abc import Callable
 
+from apim_server.admission import Outcome, TenantCharge, admit
 from apim_server.budget import Budget
 from apim_server.deadline import Prediction, Unfittable
+from apim_server.flows import Flow
 from apim_server.grant import Grant
 from apim_server.queue import Priority, QueueFull, State, Ticket, TicketQueue
 from apim_server.slots import Slot
 from apim_server.store_health import StoreHealth
+from apim_server.tenants import name_of
+from ratelimit.fair_share import HOLD_MS, RETRY_MS, Ask
 from ratelimit.limits import Decision
 
 log = logging.getLogger("apim.dispatcher")
@@ -94,6 +98,7 @@ class Dispatcher:
         batch_size: int = 1,
         inline: bool = False,
         name: str = "pool",
+        instance: str | None = None,
     ) -> None:
         self.members = members
         self.queue = queue
@@ -101,6 +106,9 @@ class Dispatcher:
         self.batch_size = batch_size if len(members) == 1 else 1
         self.inline = inline
         self.name = name
+        # This instance's id in each budget's waiting registry: fair shares across instances
+        # (None: this instance alone decides its order, nothing extra is sent to the store).
+        self.instance = instance
         self.last_decision: Decision | None = None
         self.closed = False
         self._on_admit = on_admit
@@ -108,8 +116,10 @@ class Dispatcher:
         self._idle = False  # waiting for an arrival
         self._watching: Ticket | None = None  # the denied head it sleeps for
         self._denied: dict[int, float] = {}  # member index -> monotonic time the head may fit there
+        self._asked: dict[int, float] = {}  # member index -> monotonic time the head was asked there
         self._why: dict[int, Decision] = {}  # member index -> the denial that said so
         self._denied_for: Ticket | None = None
+        self._repick: Ticket | None = None  # yielded to this instance's own tenant, asked again
         self._task: asyncio.Task[None] | None = None
         if health is not None:
             health.listen(self._wake.set)
@@ -122,7 +132,7 @@ class Dispatcher:
             raise Closed
         self.queue.push(ticket)
         watching = self._watching
-        if self._idle or (watching is not None and ticket.priority < watching.priority):
+        if self._idle or (watching is not None and _may_go_before(ticket, watching)):
             self._wake.set()
 
     async def admit_now(self, ticket: Ticket) -> Grant | None:
@@ -141,13 +151,40 @@ class Dispatcher:
             if not _can_try(member, ticket):
                 continue
             slot = member.deployment.slots.take()
-            decision = await member.acquire(ticket.cost)
+            charge = None
+            if ticket.tenant is None or ticket.tenant.limiter is None:
+                decision = await member.acquire(ticket.cost)  # no sub-limits: the budget alone
+            else:
+                outcome = await admit(member, ticket)
+                decision, charge = outcome.decision, outcome.charge
+                if decision is None:
+                    slot.release()
+                    return None  # its tenant's sub-limit: it waits in the queue
             self.last_decision = decision
             if decision.allowed:
                 ticket.state = State.GRANTED
-                return self._grant(ticket, member, decision, slot)
+                if ticket.share:
+                    self.queue.served_directly(ticket)
+                return self._grant(ticket, member, decision, slot, charge)
             slot.release()
         return None
+
+    async def unserved(self, grant: Grant) -> None:
+        """``grant``'s request was not served (an upstream 429, a failed attempt) and will be put
+        back: its tenant's share comes off its finish tag again, here and in the budget's record,
+        so a request is charged once in the fair order, when it is served, and keeps its place.
+        (The budget keeps the request and its tokens: the upstream may have counted them.)"""
+        ticket = grant.ticket
+        if not ticket.share or ticket.flow is None:
+            return
+        self.queue.order.unserved(ticket.flow, ticket.share)
+        if self.instance is None:
+            return
+        fair = Ask(name_of(ticket.tenant), int(ticket.priority), ticket.share, self.instance)
+        try:
+            await grant.budget.give_back_share(fair, grant.decision)
+        except Exception as exc:  # noqa: BLE001 - the tenant stays charged: stricter, never over
+            log.warning("could not give back %s's fair share: %s", fair.tenant, exc)
 
     def requeue(self, ticket: Ticket) -> None:
         """Put a request back at the head of its class (upstream 429, retry, failover)."""
@@ -167,6 +204,12 @@ class Dispatcher:
         return True
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def reconsider(self) -> None:
+        """A member's limits rose (``following``): what the members said about the head no
+        longer holds; ask them again now."""
+        self._denied_for = None
         self._wake.set()
 
     @property
@@ -232,8 +275,9 @@ class Dispatcher:
     async def _step(self) -> None:
         head = self.queue.head()
         if head is None:
+            # Nothing waits, or only tenants held back (their sub-limit, a yield) until then.
             self._idle = True
-            await self._wake.wait()
+            await self._wake.wait(self.queue.unblocks_in() if self.queue.depth else None)
             self._idle = False
             return
         if self.health is not None:
@@ -247,6 +291,9 @@ class Dispatcher:
             if self._refuse_if_late(head):
                 return
             self._watching = head
+            if self.instance is not None:
+                # Its registry entry lapses unless it asks again within the hold (``_choose``).
+                soonest = HOLD_MS / 1000 if soonest is None else min(soonest, HOLD_MS / 1000)
             try:
                 await self._wake.wait(soonest)
             finally:
@@ -260,8 +307,9 @@ class Dispatcher:
 
         head.state = State.ADMITTING
         slot = member.deployment.slots.take()
+        ask, named = self._ask(head)
         try:
-            decision = await member.acquire(head.cost)
+            outcome = await admit(member, head, ask)
         except Exception as exc:  # noqa: BLE001 - any store failure holds admission, said once
             slot.release()
             if head.state is State.ADMITTING:
@@ -269,11 +317,14 @@ class Dispatcher:
             self._store_failed(exc)
             await self._wake.wait(STORE_RETRY_S)
             return
-        self.last_decision = decision
-        if await self._settle(head, member, decision, slot):
+        if await self._settle(head, member, outcome, slot, named):
             return
+        decision = outcome.decision
+        assert decision is not None
         head.state = State.QUEUED
-        self._denied[index] = time.monotonic() + max(decision.wait_ms, 1) / 1000
+        now = time.monotonic()
+        self._denied[index] = now + max(decision.wait_ms, 1) / 1000
+        self._asked[index] = now
         self._why[index] = decision
         # The next step asks the next member, or sleeps until the soonest of their waits.
 
@@ -283,13 +334,18 @@ class Dispatcher:
         if self._denied_for is not head:
             self._denied_for = head
             self._denied.clear()
+            self._asked.clear()
             self._why.clear()
         now = time.monotonic()
         soonest: float | None = None
         for i, candidate in enumerate(self.members):
             if candidate.limiter.too_large(head.cost) is not None:
                 continue
-            wait = max(candidate.ready_in(), self._denied.get(i, now) - now)
+            until = self._denied.get(i, now)
+            if self.instance is not None and i in self._asked:
+                # Asked again within the hold, or its registry entry lapses and others overtake it.
+                until = min(until, self._asked[i] + HOLD_MS / 1000)
+            wait = max(candidate.ready_in(), until - now)
             if wait <= 0 and not candidate.deployment.admittable():
                 wait = PROBE_POLL_S  # its probe is out: the answer decides
             if wait > 0:
@@ -329,29 +385,107 @@ class Dispatcher:
             head.future.set_exception(Unfittable(best, head.deadline - head.arrived))
         return True
 
-    async def _settle(self, ticket: Ticket, member: Budget, decision: Decision, slot: Slot) -> bool:
-        """Grant an allowed ticket; False only if it was denied and is still waiting."""
+    def _ask(self, ticket: Ticket) -> tuple[Ask | None, list[Flow]]:
+        """What the budget's record needs for fair shares across instances (None: alone), and
+        the flows whose tags its answer carries."""
+        if self.instance is None:
+            return None, []
+        queue = self.queue
+        rest, others = queue.waiting_set(ticket)
+        ask = Ask(
+            name_of(ticket.tenant),
+            queue.class_now(ticket, time.monotonic()),
+            ticket.share,
+            self.instance,
+            rest,
+            tuple((p, name_of(flow.key)) for p, flow in others),  # type: ignore[arg-type]
+            # Its order follows the budget's tags only in a pool of one budget (``_settle``).
+            own=len(self.members) == 1,
+        )
+        return ask, [flow for _, flow in others]
+
+    async def _settle(
+        self, ticket: Ticket, member: Budget, outcome: Outcome, slot: Slot, named: list[Flow]
+    ) -> bool:
+        """Grant an allowed ticket, or hold back its tenant (its sub-limit, a yield); False only
+        if the budget's limits denied it and it is still waiting."""
+        decision = outcome.decision
+        if decision is not None and (
+            self.last_decision is None or decision.now_ms >= self.last_decision.now_ms
+        ):
+            self.last_decision = decision
+        if decision is not None and ticket.share and self.instance is not None and len(self.members) == 1:
+            # The record's tags of every tenant waiting here: this order stays the budget's.
+            self.queue.observe(ticket, decision, named)
         if ticket.state is not State.ADMITTING:
             # The caller left (or shutdown began) during the store round trip.
             slot.release()
-            if decision.allowed:
+            if decision is not None and decision.allowed:
                 await member.return_tokens(ticket.cost.tokens, decision)
+                if outcome.charge is not None:
+                    await outcome.charge.give_back(ticket.cost.requests, ticket.cost.tokens)
+            return True
+        if decision is None:
+            slot.release()
+            ticket.state = State.QUEUED
+            assert outcome.tenant_denial is not None
+            self._tenant_waits(ticket, outcome.tenant_denial)
             return True
         if not decision.allowed:
             slot.release()
-            return False
+            if not decision.yielded:
+                return False
+            ticket.state = State.QUEUED
+            self._yielded(ticket, decision)
+            return True
+        self._repick = None
         self.queue.leave(ticket, State.GRANTED)
-        grant = self._grant(ticket, member, decision, slot)
+        grant = self._grant(ticket, member, decision, slot, outcome.charge)
         assert ticket.future is not None
         ticket.future.set_result(grant)
         return True
 
-    def _grant(self, ticket: Ticket, member: Budget, decision: Decision, slot: Slot) -> Grant:
+    def _yielded(self, ticket: Ticket, decision: Decision) -> None:
+        """A waiting tenant goes before ``ticket``. At another instance: its tenant waits in its
+        class until that instance has asked; others may go. Here (this order was stale; the
+        answer's tags have refreshed it): ask again at once, unless the same ticket comes back
+        (the order and the record still disagree, e.g. several budgets' tags): then it waits."""
+        wait_ms = decision.wait_ms
+        if not wait_ms:
+            if self._repick is not ticket:
+                self._repick = ticket
+                return
+            wait_ms = RETRY_MS
+        self._repick = None
+        p = self.queue.class_now(ticket, time.monotonic())
+        self.queue.yield_from(ticket, p, time.monotonic() + wait_ms / 1000)
+
+    def _tenant_waits(self, ticket: Ticket, denial: Decision) -> None:
+        """Its tenant's sub-limit is spent: hold back that tenant's tickets until it frees, or
+        answer the ticket now when that is after its deadline."""
+        now = time.monotonic()
+        wait_s = max(denial.wait_ms, 1) / 1000
+        if now + wait_s <= ticket.deadline:
+            self.queue.hold(ticket, now + wait_s)
+            return
+        if self.queue.leave(ticket, State.OUT) and ticket.future is not None and not ticket.future.done():
+            who = f"tenant {name_of(ticket.tenant)}"
+            found = Prediction(denial.wait_ms, denial.binding, ticket.cost, who=who)
+            ticket.future.set_exception(Unfittable(found, ticket.deadline - ticket.arrived))
+
+    def _grant(
+        self,
+        ticket: Ticket,
+        member: Budget,
+        decision: Decision,
+        slot: Slot,
+        charge: TenantCharge | None = None,
+    ) -> Grant:
         ticket.decision = decision
         member.deployment.granted()
         if self._on_admit is not None:
             self._on_admit(ticket, member, decision)
-        return Grant(member, decision, slot, ticket)
+        return Grant(member, decision, slot, ticket, charge)
 
     def _batch(self, head: Ticket, member: Budget) -> list[Ticket]:
         """The next tickets to ask about at once, or just the head.
@@ -378,18 +512,19 @@ class Dispatcher:
         for ticket in batch:
             ticket.state = State.ADMITTING
             slots.append(member.deployment.slots.take())
-        results = await asyncio.gather(*(member.acquire(t.cost) for t in batch), return_exceptions=True)
+        asks = [self._ask(t) for t in batch]
+        results = await asyncio.gather(
+            *(admit(member, t, ask) for t, (ask, _) in zip(batch, asks, strict=True)), return_exceptions=True
+        )
         failed: BaseException | None = None
-        for ticket, slot, result in zip(batch, slots, results, strict=True):
+        for ticket, slot, result, (_, named) in zip(batch, slots, results, asks, strict=True):
             if isinstance(result, BaseException):
                 slot.release()
                 failed = result
                 if ticket.state is State.ADMITTING:
                     ticket.state = State.QUEUED
                 continue
-            if self.last_decision is None or result.now_ms >= self.last_decision.now_ms:
-                self.last_decision = result
-            if not await self._settle(ticket, member, result, slot):
+            if not await self._settle(ticket, member, result, slot, named):
                 ticket.state = State.QUEUED  # denied: the next step waits for it alone
         if failed is not None:
             self._store_failed(failed)
@@ -400,6 +535,14 @@ class Dispatcher:
             self.health.failed(exc)
         else:
             log.warning("limiter store call failed: %s", exc)
+
+
+def _may_go_before(ticket: Ticket, watching: Ticket) -> bool:
+    """Whether a new ticket may come before the denied head the dispatcher sleeps for: a better
+    class, or the same class and another tenant (the fair order decides)."""
+    return ticket.priority < watching.priority or (
+        ticket.priority == watching.priority and ticket.tenant is not watching.tenant
+    )
 
 
 def _can_try(member: Budget, ticket: Ticket) -> bool:

@@ -21,15 +21,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from apim_server.accounting import usage_of
-from apim_server.budget import Deployment
+from apim_server.budget import Budget, Deployment
 from apim_server.deadline import EXPECTED_HEADER, Unfittable, predict, timeout_s
 from apim_server.dispatcher import Closed
 from apim_server.grant import Grant
 from apim_server.queue import PRIORITY_NAMES, QueueFull, Ticket
 from apim_server.streaming import UsageTap
-from apim_server.upstream import final_429, passed_back, retry_wait_s
+from apim_server.upstream import capacity_429, final_429, passed_back, retry_wait_s
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
+from ratelimit.limits import Decision
 
 if TYPE_CHECKING:
     from apim_server.gateway import Gateway
@@ -116,6 +117,7 @@ class Exchange:
         "stream",
         "ticket",
         "timeout_s",
+        "trace",
         "up_headers",
         "upstream_s",
     )
@@ -152,6 +154,11 @@ class Exchange:
         self.upstream_s = 0.0
         self.retries_left = gw.settings.upstream_retries
         self.last_error: Response | None = None
+        self.trace = (
+            None
+            if gw.tracing is None
+            else gw.tracing.request(request.headers, path, model, request_id, ticket.arrived)
+        )
 
     # -- the whole exchange ------------------------------------------------------------------
 
@@ -162,12 +169,14 @@ class Exchange:
         except APIError as error:
             return self.error(error)
         self.deadline = self.ticket.deadline = self.ticket.arrived + self.timeout_s
-        requeue = False
+        unserved: Grant | None = None
         while True:
             try:
-                grant = await self._admission(requeue)
+                grant = await self._admission(unserved)
             except (QueueFull, Closed, _Timeout, _Disconnected, Unfittable) as exc:
                 return self._not_admitted(exc)
+            if self.trace is not None:
+                self.trace.admitted(grant, self.queue_s)
             self.attempts += 1
             try:
                 answer = await self._attempt(grant)
@@ -176,7 +185,7 @@ class Exchange:
                 raise
             if answer is not None:
                 return answer
-            requeue = True
+            unserved = grant
 
     def _not_admitted(self, exc: Exception) -> Response:
         if isinstance(exc, QueueFull):
@@ -243,32 +252,13 @@ class Exchange:
         started = time.monotonic()
         # On one clock (ours): from asking the store, which admits no earlier, to leaving.
         gw.metrics.dispatched(max(0.0, started - decision.asked_at))
-        try:
-            up = deployment.upstream
-            body = up.body_for(self.path, self.model, self.body)
-            upstream = await up.post(up.url(self.path, self.model), body, self._headers_for(deployment))
-        except httpx.TransportError as exc:
-            grant.release()
-            self._upstream_done("error", started)
-            if isinstance(exc, httpx.TimeoutException) and not isinstance(
-                exc, httpx.ConnectTimeout | httpx.PoolTimeout
-            ):
-                # The upstream may still be working on it: resending could charge twice.
-                return self.error(
-                    APIError(504, "The upstream API did not answer in time.", code="upstream_timeout")
-                )
-            return await self._retry_or(
-                grant,
-                APIError(
-                    502,
-                    f"Could not reach the upstream API ({type(exc).__name__}).",
-                    type="server_error",
-                    code="upstream_unreachable",
-                ).response(),
-                type(exc).__name__,
-            )
+        upstream = await self._send(grant, started)
+        if not isinstance(upstream, httpx.Response):
+            return upstream
 
         status = upstream.status_code
+        if status < 500 and status != 429:  # a 429's body says first whether it is evidence
+            gw.following.observe(budget, upstream.headers, decision, self.model)
         if self.stream and status == 200:
             deployment.answered()
             return self._relay(upstream, grant, started)
@@ -296,16 +286,7 @@ class Exchange:
             # message may quote part of the key.
             log.error("the upstream refused the gateway's key (APIM_UPSTREAM_API_KEY): %d", status)
             return self.error(upstream_auth_failed())
-        if status == 429 and not final_429(content):
-            wait_s = retry_wait_s(upstream.headers)
-            gw.metrics.upstream_rate_limited.inc()
-            log.warning(
-                "upstream 429 for %s on %s: that budget paused %.3fs, request back at the head of its queue",
-                self.request_id,
-                budget.name,
-                wait_s,
-            )
-            budget.pause(wait_s)
+        if status == 429 and self._rate_limited(budget, decision, upstream.headers, content):
             return None
         if status >= 500:
             return await self._retry_or(
@@ -316,12 +297,72 @@ class Exchange:
             )
         actual = None
         if status < 300:
-            actual = await gw.accounting.settle(budget, self.ticket.cost.tokens, decision, usage_of(content))
-        await gw.accounting.check_drift(budget, upstream.headers, decision)
+            actual = await gw.accounting.settle(
+                budget, self.ticket.cost.tokens, decision, usage_of(content), grant.charge
+            )
         headers = self._passed_back(upstream)
         headers.update(self._own_headers())
         self._record(status, actual)
         return Response(gw.redactor.body(content), status, headers=headers)
+
+    async def _send(self, grant: Grant, started: float) -> httpx.Response | Response | None:
+        """The upstream's answer (headers read), or what the caller gets when it could not be
+        reached (None: queued again)."""
+        deployment = grant.budget.deployment
+        try:
+            up = deployment.upstream
+            body = up.body_for(self.path, self.model, self.body)
+            url = up.url(self.path, self.model)
+            headers = self._headers_for(deployment)
+            if self.trace is not None:
+                headers = self.trace.upstream(deployment.name, str(url), headers)
+            return await up.post(url, body, headers)
+        except httpx.TransportError as exc:
+            grant.release()
+            self._upstream_done("error", started)
+            if isinstance(exc, httpx.TimeoutException) and not isinstance(
+                exc, httpx.ConnectTimeout | httpx.PoolTimeout
+            ):
+                # The upstream may still be working on it: resending could charge twice.
+                return self.error(
+                    APIError(504, "The upstream API did not answer in time.", code="upstream_timeout")
+                )
+            return await self._retry_or(
+                grant,
+                APIError(
+                    502,
+                    f"Could not reach the upstream API ({type(exc).__name__}).",
+                    type="server_error",
+                    code="upstream_unreachable",
+                ).response(),
+                type(exc).__name__,
+            )
+
+    def _rate_limited(
+        self, budget: Budget, decision: Decision, headers: httpx.Headers, content: bytes
+    ) -> bool:
+        """An upstream 429: what it says of the upstream's figures is followed, unless it is about
+        the upstream's own load (capacity). True when it is waited out: the budget paused, the
+        request back at the head of its queue; False for a final one, which the caller gets."""
+        gw = self.gw
+        capacity = capacity_429(content)
+        if capacity:
+            gw.following.capacity(budget)
+        else:
+            gw.following.observe(budget, headers, decision, self.model, refused=self.ticket.cost)
+        if final_429(content):
+            return False
+        wait_s = retry_wait_s(headers)
+        gw.metrics.upstream_rate_limited.inc()
+        log.warning(
+            "upstream %s429 for %s on %s: that budget paused %.3fs, request back at the head of its queue",
+            "capacity " if capacity else "",
+            self.request_id,
+            budget.name,
+            wait_s,
+        )
+        budget.pause(wait_s)
+        return True
 
     async def _retry_or(
         self, grant: Grant, failure: Response, reason: str, wait_s: float | None = None
@@ -345,8 +386,9 @@ class Exchange:
 
     # -- waiting ----------------------------------------------------------------------------
 
-    async def _admission(self, requeue: bool) -> Grant:
-        """Queue (or requeue at the head) and wait for the grant, the deadline, or a hang-up.
+    async def _admission(self, unserved: Grant | None) -> Grant:
+        """Queue (or, after the ``unserved`` grant, requeue at the head) and wait for the grant,
+        the deadline, or a hang-up.
 
         However this coroutine ends, the ticket is never left behind: cancelled while queued, it
         is withdrawn; cancelled once granted, the grant is withdrawn (slot and tokens back).
@@ -355,8 +397,10 @@ class Exchange:
         ticket = self.ticket
         # A first wait counts from arrival, as the deadline does, so a timed-out request never
         # reports less than APIM_QUEUE_TIMEOUT_S.
+        requeue = unserved is not None
         entered = time.monotonic() if requeue else ticket.arrived
-        if requeue:
+        if unserved is not None:
+            await dispatcher.unserved(unserved)
             dispatcher.requeue(ticket)
         else:
             grant = await dispatcher.admit_now(ticket)
@@ -461,8 +505,9 @@ class Exchange:
                 self._upstream_done(200 if outcome == 200 else "error", started)
                 if outcome == 200:
                     await upstream.aclose()
-                    actual = await gw.accounting.settle(budget, self.ticket.cost.tokens, decision, tap.usage)
-                    await gw.accounting.check_drift(budget, upstream.headers, decision)
+                    actual = await gw.accounting.settle(
+                        budget, self.ticket.cost.tokens, decision, tap.usage, grant.charge
+                    )
                     self._record(200, actual)
                 else:
                     # Cancelled (caller gone) or broken upstream: no awaiting here, close aside.
@@ -481,6 +526,8 @@ class Exchange:
         elapsed = time.monotonic() - started
         self.upstream_s += elapsed
         self.gw.metrics.upstream(status, elapsed)
+        if self.trace is not None:
+            self.trace.upstream_done(status)
 
     def _passed_back(self, upstream: httpx.Response) -> dict[str, str]:
         return self.gw.redactor.headers(passed_back(upstream.headers))
@@ -508,6 +555,10 @@ class Exchange:
         gw = self.gw
         gw.metrics.answered(status)
         gw.metrics.waited(self.queue_s)
+        if self.trace is not None:
+            self.trace.end(status, self.queue_s, self.attempts)
+        if gw.tenants.enabled:
+            gw.tenant_figures.waited(self.ticket.tenant, self.queue_s)
         if gw.settings.log_requests:
             log.info(
                 "request id=%s model=%s pool=%s priority=%s stream=%s tokens_est=%d tokens_actual=%s "

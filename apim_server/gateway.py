@@ -15,13 +15,16 @@ from apim_server.budget import Budget, Deployment
 from apim_server.cluster import Cluster
 from apim_server.config import Settings
 from apim_server.config_file import Plan, from_settings, upstream_id
+from apim_server.following import Following
 from apim_server.metrics import Metrics
 from apim_server.probe import UpstreamProbe
 from apim_server.queue import Ticket
 from apim_server.redaction import Redactor
 from apim_server.routing import Router
 from apim_server.store_health import StoreHealth
-from apim_server.tenants import PriorityCaps
+from apim_server.tenant_figures import TenantFigures
+from apim_server.tenants import Tenants
+from apim_server.tracing import Tracing
 from apim_server.upstream import Upstream
 from ratelimit.embedded import EmbeddedStore
 from ratelimit.limiter import open_store
@@ -95,6 +98,10 @@ class Gateway:
             on_return=self.metrics.tokens_refunded.labels(kind="abandoned").inc,
             queue_shares=(100, settings.queue_share_normal_pct, settings.queue_share_low_pct),
             aging_s=settings.priority_aging_s,
+            # On a shared store every instance registers what it has waiting with the budget, so
+            # priorities (and tenants' shares) hold across instances; alone, the local order
+            # decides and the store is asked nothing more.
+            instance=None if embedded else uuid.uuid4().hex[:12],
         )
         self.health.record_empty = self.router.record_empty
         self.health.key = self.router.budgets[0].key
@@ -105,8 +112,10 @@ class Gateway:
         self.caller_keys = CallerKeys(
             [k.get_secret_value() for k in settings.api_keys] + list(self.plan.tenant_keys)
         )
-        self.priority_caps = PriorityCaps(self.plan.priority_caps)
+        self.tenants = Tenants(self.plan.tenants, self.store)
+        self.tenant_figures = TenantFigures(self.metrics.registry, self.tenants, lambda: self.router.pools)
         self.accounting = Accounting(settings.refund_unused, self.metrics)
+        self.following = Following(self.router.budgets, self.store, self.metrics, on_raise=self._limits_rose)
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cluster = Cluster(
             self.store if isinstance(self.store, RedisStore) else None,
@@ -122,6 +131,7 @@ class Gateway:
             budgets=lambda: self.router.budgets,
             pools=lambda: self.router.pools,
         )
+        self.tracing = Tracing.exporting() if settings.otel_traces else None
         self.closing = False
         self.started_at = time.time()
         self._ready: tuple[float, dict[str, bool]] | None = None
@@ -134,8 +144,15 @@ class Gateway:
         """The longest any pool must wait before admitting again (a hold counts for all)."""
         return max((d.paused_for for d in self.router.dispatchers()), default=0.0)
 
+    def _limits_rose(self, budget: Budget) -> None:
+        for pool in self.router.pools.values():
+            if budget in pool.members:
+                pool.dispatcher.reconsider()
+
     def _on_admit(self, ticket: Ticket, budget: Budget, decision: Decision) -> None:
         self.metrics.admitted(ticket.cost.tokens, budget)
+        if self.tenants.enabled:
+            self.tenant_figures.admitted(ticket, budget)
 
     async def start(self) -> None:
         names = ", ".join(b.name for b in self.router.budgets)
@@ -153,12 +170,6 @@ class Gateway:
                 self.plan.source,
                 names,
             )
-        if self.plan.unenforced_tenants:
-            log.warning(
-                "tenants %s: weight and rpm/tpm/rpd/tpd sub-limits are accepted but not enforced yet "
-                "(they share every budget first come, first served)",
-                ", ".join(self.plan.unenforced_tenants),
-            )
         if not self.caller_keys.enabled:
             log.warning(
                 "APIM_API_KEYS is empty: anyone who can reach this gateway may spend the upstream's "
@@ -171,6 +182,7 @@ class Gateway:
             dispatcher.start()
         self.health.start()
         self.cluster.start()
+        self.following.start()
 
     def begin_shutdown(self) -> None:
         """Stop taking requests and answer every queued one now; in-flight ones finish."""
@@ -190,10 +202,13 @@ class Gateway:
             await dispatcher.stop()
         await self.health.stop()
         await self.cluster.stop()
+        await self.following.stop()
         for deployment in self.deployments.values():
             await deployment.upstream.close()
         await self.probe.close()
         await self.store.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
     def figures(self) -> dict[str, Any]:
         """This instance's queue figures (also what it publishes to the cluster view)."""
@@ -204,6 +219,8 @@ class Gateway:
             "oldest_wait_s": round(time.monotonic() - oldest, 3) if oldest is not None else 0.0,
             "admitted": self.metrics.total_admitted,
             "requests": self.metrics.total_requests,
+            "received": self.metrics.total_received,
+            **{f"{name}_per_min": n for name, n in self.metrics.per_min().items()},
         }
 
     async def readiness(self) -> dict[str, bool]:

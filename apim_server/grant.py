@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ratelimit.limits import Decision
 
 if TYPE_CHECKING:
+    from apim_server.admission import TenantCharge
     from apim_server.budget import Budget
     from apim_server.queue import Ticket
     from apim_server.slots import Slot
@@ -21,13 +22,21 @@ class Grant:
     """Owns one concurrency slot of its deployment until ``release`` (idempotent: every path that
     ends a request may call it, and the slot comes back exactly once)."""
 
-    __slots__ = ("budget", "decision", "slot", "ticket", "withdrawn")
+    __slots__ = ("budget", "charge", "decision", "slot", "ticket", "withdrawn")
 
-    def __init__(self, budget: Budget, decision: Decision, slot: Slot, ticket: Ticket) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        decision: Decision,
+        slot: Slot,
+        ticket: Ticket,
+        charge: TenantCharge | None = None,
+    ) -> None:
         self.budget = budget
         self.decision = decision
         self.slot = slot
         self.ticket = ticket
+        self.charge = charge  # the tenant's sub-limit admission, if it has sub-limits
         self.withdrawn = False
 
     def release(self) -> None:
@@ -40,6 +49,8 @@ class Grant:
         if not self.withdrawn:
             self.withdrawn = True
             await self.budget.return_tokens(self.ticket.cost.tokens, self.decision)
+            if self.charge is not None:
+                await self.charge.give_back(self.ticket.cost.requests, self.ticket.cost.tokens)
 
     def withdraw_soon(self) -> None:
         """``withdraw`` from a place that cannot await (a cancelled coroutine): the slot now,
@@ -48,8 +59,11 @@ class Grant:
         if self.withdrawn:
             return
         self.withdrawn = True
-        task = asyncio.get_running_loop().create_task(
-            self.budget.return_tokens(self.ticket.cost.tokens, self.decision)
-        )
+        task = asyncio.get_running_loop().create_task(self.withdraw_tokens())
         _pending.add(task)
         task.add_done_callback(_pending.discard)
+
+    async def withdraw_tokens(self) -> None:
+        await self.budget.return_tokens(self.ticket.cost.tokens, self.decision)
+        if self.charge is not None:
+            await self.charge.give_back(self.ticket.cost.requests, self.ticket.cost.tokens)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ratelimit.limiter import status_limits
+from ratelimit.limits import Decision
 
 if TYPE_CHECKING:
     from apim_server.budget import Budget
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_ERROR_BUCKETS = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000, 10_000, 100_000)
+WAIT_WINDOW_S = 60.0
+SCRAPE_PEEK_S = 2.0
+"""How long a scrape of ``/metrics`` waits for the store's view of the budgets."""
+"""The span of ``/status``'s queue-wait percentiles (answered requests; waiting ones at any age)."""
 
 
 class RollingMinute:
@@ -54,22 +60,44 @@ class _Budgets(Collector):
     """Per budget (deployment, model) and per pool figures, read at scrape time.
 
     ``apim_budget_remaining{limit}`` keeps its single-budget shape (only with one budget);
-    ``apim_budget_left{deployment,model,limit}`` is there for every budget.
+    ``apim_budget_left``, ``_used`` and ``_limit{deployment,model,limit}`` are there for every
+    budget, as of the scrape (``refresh``) or, when the store could not be read, the latest
+    admission.
     """
 
     def __init__(self, budgets: Callable[[], list[Budget]], pools: Callable[[], dict[str, Pool]]) -> None:
         self._budgets = budgets
         self._pools = pools
+        self._peeked: dict[int, Decision] = {}
+
+    async def refresh(self) -> None:
+        """Read every budget's use now (one peek each, concurrently), for the scrape that follows;
+        a store that does not answer within ``SCRAPE_PEEK_S`` leaves the latest admissions' view."""
+        budgets = self._budgets()
+        try:
+            async with asyncio.timeout(SCRAPE_PEEK_S):
+                found = await asyncio.gather(*(b.peek() for b in budgets), return_exceptions=True)
+        except TimeoutError:
+            self._peeked = {}
+            return
+        self._peeked = {id(b): d for b, d in zip(budgets, found, strict=True) if isinstance(d, Decision)}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         budgets = self._budgets()
         single = GaugeMetricFamily(
             "apim_budget_remaining", "Budget left per limit, as of the latest admission", labels=["limit"]
         )
+        labels = ["deployment", "model", "limit"]
         left = GaugeMetricFamily(
-            "apim_budget_left",
-            "Budget left per deployment, model and limit, as of its latest admission",
-            labels=["deployment", "model", "limit"],
+            "apim_budget_left", "Budget left per deployment, model and limit, as of the scrape", labels=labels
+        )
+        used = GaugeMetricFamily(
+            "apim_budget_used",
+            "Budget used per deployment, model and limit (requests or tokens), as of the scrape",
+            labels=labels,
+        )
+        size = GaugeMetricFamily(
+            "apim_budget_limit", "Configured size of each limit per deployment and model", labels=labels
         )
         paused = GaugeMetricFamily(
             "apim_budget_paused_seconds",
@@ -77,19 +105,30 @@ class _Budgets(Collector):
             labels=["deployment", "model"],
         )
         for budget in budgets:
-            decision = budget.last_decision
-            paused.add_metric([budget.deployment.name, budget.model], budget.ready_in())
-            if decision is None:
-                continue
-            for name, view in status_limits(decision).items():
-                left.add_metric([budget.deployment.name, budget.model, name], float(view["remaining"]))
-                if len(budgets) == 1:
+            names = [budget.deployment.name, budget.model]
+            paused.add_metric(names, budget.ready_in())
+            decision = self._peeked.get(id(budget), budget.last_decision)
+            if decision is not None:
+                for name, view in status_limits(decision).items():
+                    left.add_metric([*names, name], float(view["remaining"]))
+                    used.add_metric([*names, name], float(view["used"]))
+                    size.add_metric([*names, name], float(view["limit"]))
+            if len(budgets) == 1 and budget.last_decision is not None:
+                for name, view in status_limits(budget.last_decision).items():
                     single.add_metric([name], float(view["remaining"]))
         depth = GaugeMetricFamily(
             "apim_pool_queue_depth", "Requests waiting, per pool (model)", labels=["model"]
         )
+        oldest = GaugeMetricFamily(
+            "apim_pool_oldest_wait_seconds",
+            "How long the longest-waiting request of a pool (model) has waited so far (0: none waits)",
+            labels=["model"],
+        )
+        now = time.monotonic()
         for model, pool in self._pools().items():
             depth.add_metric([model], pool.queue.depth)
+            arrived = pool.queue.oldest_arrival()
+            oldest.add_metric([model], 0.0 if arrived is None else now - arrived)
         in_service = GaugeMetricFamily(
             "apim_deployment_in_service",
             "1 while a deployment takes requests, 0 while it is taken out after repeated failures",
@@ -98,7 +137,21 @@ class _Budgets(Collector):
         seen = {b.deployment.name: b.deployment for b in budgets}
         for name, deployment in seen.items():
             in_service.add_metric([name], 0.0 if deployment.out else 1.0)
-        yield from (single, left, paused, depth, in_service)
+        yield from (single, left, used, size, paused, depth, oldest, in_service)
+
+
+class _Received(Collector):
+    """Requests received, counted as a plain integer on the request path and exported at scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "apim_requests_received",
+            "Requests that arrived at an API endpoint, answered or not yet",
+            value=self._metrics.total_received,
+        )
 
 
 class Metrics:
@@ -192,13 +245,17 @@ class Metrics:
         self._budget_children: dict[int, Counter] = {}
 
         # Rolling figures for /status.
+        self.total_received = 0
         self.total_requests = 0
         self.total_rate_limited = 0
         self.total_errors = 0
         self.total_admitted = 0
         self.total_upstream_429 = 0
         self.admitted_minute = RollingMinute()
-        self.recent_waits: deque[float] = deque(maxlen=4096)
+        self.received_minute = RollingMinute()
+        self.answered_minute = RollingMinute()
+        # (monotonic time answered, seconds waited in the queue)
+        self.recent_waits: deque[tuple[float, float]] = deque(maxlen=4096)
         self.recent_lags: deque[float] = deque(maxlen=4096)
         self.max_lag = 0.0
 
@@ -213,7 +270,18 @@ class Metrics:
         self.queue_depth.set_function(depth)
         self.in_flight.set_function(in_flight)
         self.paused.set_function(paused)
-        self.registry.register(_Budgets(budgets, pools))
+        self._budgets = _Budgets(budgets, pools)
+        self.registry.register(self._budgets)
+        self.registry.register(_Received(self))
+
+    async def before_scrape(self) -> None:
+        """Read what ``/metrics`` shows as of now rather than of the latest admission."""
+        await self._budgets.refresh()
+
+    def received(self) -> None:
+        """One request arrived at an API endpoint (answered or not yet)."""
+        self.total_received += 1
+        self.received_minute.add()
 
     def answered(self, status: int) -> None:
         child = self._status_children.get(status)
@@ -221,6 +289,7 @@ class Metrics:
             child = self._status_children[status] = self.requests.labels(status=str(status))
         child.inc()
         self.total_requests += 1
+        self.answered_minute.add()
         if status == 429:
             self.total_rate_limited += 1
         elif status >= 500:
@@ -249,7 +318,7 @@ class Metrics:
 
     def waited(self, seconds: float) -> None:
         self.queue_wait.observe(seconds)
-        self.recent_waits.append(seconds)
+        self.recent_waits.append((time.monotonic(), seconds))
 
     def predicted(self, predicted_s: float, actual_s: float) -> None:
         """One admitted request's wait against its prediction (a histogram holds no negatives)."""
@@ -266,5 +335,35 @@ class Metrics:
         return percentile(lags, 0.5), percentile(lags, 0.99)
 
     def wait_percentiles(self) -> tuple[float | None, float | None]:
-        waits = list(self.recent_waits)
+        """Over the last answered requests (up to 4096, however old)."""
+        waits = [w for _, w in self.recent_waits]
         return percentile(waits, 0.5), percentile(waits, 0.99)
+
+    def waits(self, waiting_since: Iterable[float], window_s: float = WAIT_WINDOW_S) -> dict[str, Any]:
+        """Queue waits of the requests answered in the last ``window_s`` and, so far, of those
+        still waiting (their monotonic arrivals): a queue that admits nothing shows long waits."""
+        now = time.monotonic()
+        answered = [w for at, w in self.recent_waits if now - at <= window_s]
+        waiting = [now - arrived for arrived in waiting_since]
+        waits = answered + waiting
+        return {
+            "window_s": window_s,
+            "answered": len(answered),
+            "waiting": len(waiting),
+            "p50_s": _rounded(percentile(waits, 0.5)),
+            "p99_s": _rounded(percentile(waits, 0.99)),
+            "max_s": _rounded(max(waits, default=None)),
+        }
+
+    def per_min(self) -> dict[str, int]:
+        """Requests received, admitted and answered in the last 60 s (one-second steps)."""
+        return {
+            "received": self.received_minute.total(),
+            "admitted": self.admitted_minute.total(),
+            "answered": self.answered_minute.total(),
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    """To the millisecond, as ``oldest_wait_s`` (rounding keeps order: max >= oldest holds)."""
+    return None if value is None else round(value, 3)

@@ -123,6 +123,7 @@ async def status(request: Request) -> JSONResponse:
         "closing": gw.closing,
         "limits": views[0],
         "totals": {
+            "received": m.total_received,
             "requests": m.total_requests,
             "rate_limited": m.total_rate_limited,
             "errors": m.total_errors,
@@ -138,8 +139,10 @@ async def status(request: Request) -> JSONResponse:
             "max_concurrency": gw.settings.max_concurrency,
             "wait_p50_s": None if p50 is None else round(p50, 4),
             "wait_p99_s": None if p99 is None else round(p99, 4),
+            "waits": m.waits(router.arrivals()),
         },
         "admitted_per_min": m.admitted_minute.total(),
+        "per_min": {"window_s": 60, **m.per_min()},
         "dispatch_lag_ms": {
             "p50": None if lag50 is None else round(lag50 * 1000, 2),
             "p99": None if lag99 is None else round(lag99 * 1000, 2),
@@ -160,6 +163,7 @@ async def status(request: Request) -> JSONResponse:
                 "key": b.key,
                 "limits": view,
                 "paused_s": round(b.ready_in(), 3),
+                "following": gw.following.status(b),
             }
             for b, view in zip(router.budgets, views, strict=True)
         ],
@@ -178,12 +182,15 @@ async def status(request: Request) -> JSONResponse:
             for name, d in router.deployments.items()
         },
     }
+    if gw.tenants.enabled:
+        body["tenants"] = await gw.tenant_figures.status()
     return JSONResponse(body)
 
 
 async def metrics(request: Request) -> Response:
     gw = gateway(request)
     gw.operator.check(request.headers)
+    await gw.metrics.before_scrape()
     return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

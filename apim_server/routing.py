@@ -4,17 +4,21 @@ dispatcher. Built once at start from the plan (the file, or the ``APIM_*`` setti
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apim_server.budget import Budget, Deployment
 from apim_server.config_file import ANY_MODEL, Plan
 from apim_server.dispatcher import Dispatcher
+from apim_server.flows import share_of
 from apim_server.grant import Grant
 from apim_server.queue import FULL_SHARES, Ticket, TicketQueue
 from apim_server.store_health import StoreHealth
 from ratelimit.cost import Operation
 from ratelimit.limits import Cost, Decision, LimitState
 from ratelimit.store import Store
+
+if TYPE_CHECKING:
+    from apim_server.tenants import Tenant
 
 
 class Pool:
@@ -28,12 +32,22 @@ class Pool:
         self._estimators = list(
             {id(m.deployment.estimator): m.deployment.estimator for m in members}.values()
         )
+        # The pool's minute budget, all members together: what a cost's fair share is of.
+        minute = [m.limiter.policy.windows[0] for m in members]
+        self.rpm = 0 if any(not w.requests for w in minute) else sum(w.requests for w in minute)
+        self.tpm = 0 if any(not w.tokens for w in minute) else sum(w.tokens for w in minute)
 
     def estimate(self, body: Mapping[str, Any], operation: Operation = Operation.CHAT) -> Cost:
         """The cost charged on whichever member admits it: the largest of the members' rules
         (one rule in the usual case), so no member is ever under-charged."""
         costs = [e.estimate(body, operation=operation) for e in self._estimators]
         return max(costs, key=lambda c: c.tokens)
+
+    def share(self, cost: Cost, tenant: Tenant | None) -> int:
+        """``cost``'s place in the fair order: its dominant share of the pool's budget over the
+        tenant's weight (see ``flows``)."""
+        weight = 1.0 if tenant is None else tenant.weight
+        return share_of(cost.requests, cost.tokens, self.rpm, self.tpm, weight)
 
     def too_large(self, cost: Cost) -> LimitState | None:
         """What refuses ``cost`` when no member could ever take it (else None)."""
@@ -67,6 +81,7 @@ class Router:
         on_return: Callable[[int], None] | None = None,
         queue_shares: tuple[int, int, int] = FULL_SHARES,
         aging_s: float = 0.0,
+        instance: str | None = None,
     ) -> None:
         self.deployments = deployments
         self.budgets: list[Budget] = []
@@ -86,6 +101,7 @@ class Router:
                 batch_size=batch_size,
                 inline=inline,
                 name=model,
+                instance=instance,
             )
             self.pools[model] = Pool(model, members, dispatcher)
         self._any = self.pools.get(ANY_MODEL)
@@ -128,6 +144,10 @@ class Router:
     def oldest_arrival(self) -> float | None:
         found = [a for p in self.pools.values() if (a := p.queue.oldest_arrival()) is not None]
         return min(found) if found else None
+
+    def arrivals(self) -> list[float]:
+        """Monotonic arrival times of every request waiting in any pool."""
+        return [a for p in self.pools.values() for a in p.queue.arrivals()]
 
     def depth_by_class(self) -> dict[str, int]:
         out: dict[str, int] = {}

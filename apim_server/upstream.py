@@ -15,7 +15,7 @@ import httpx
 from apim_server.transport import LeanTransport
 from openai_wire import azure
 from openai_wire.endpoints import RESPONSES
-from openai_wire.headers import parse_go_duration
+from openai_wire.headers import read_ratelimit
 
 # Caller headers that go upstream: content negotiation and what the official SDKs send. Every
 # other header stays here: hop-by-hop ones (connection, keep-alive, te, trailer,
@@ -199,7 +199,7 @@ def passed_back(headers: httpx.Headers) -> dict[str, str]:
     return out
 
 
-def retry_wait_s(headers: httpx.Headers) -> float:
+def retry_wait_s(headers: Mapping[str, str]) -> float:
     """How long a 429 asks us to stay away: retry-after-ms, retry-after, then the resets of
     the exhausted limits."""
     value = headers.get("retry-after-ms")
@@ -229,18 +229,11 @@ def remaining_and_reset(
     ``missing_reset_s`` stands for a reset the upstream does not send: Azure OpenAI sends only
     the ``x-ratelimit-remaining-*`` headers, and its 0 left must not read as "reset now".
     """
-    out = []
-    for kind in ("requests", "tokens"):
-        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
-        if remaining is None:
-            continue
-        try:
-            left = int(remaining)
-        except ValueError:
-            continue
-        reset = headers.get(f"x-ratelimit-reset-{kind}")
-        out.append((kind, left, missing_reset_s if reset is None else parse_go_duration(reset)))
-    return out
+    return [
+        (kind, figures.remaining, missing_reset_s if figures.reset_s is None else figures.reset_s)
+        for kind, figures in read_ratelimit(headers).items()
+        if figures.remaining is not None
+    ]
 
 
 def final_429(content: bytes) -> bool:
@@ -253,3 +246,25 @@ def final_429(content: bytes) -> bool:
         return False
     code = f"{error.get('code') or ''} {error.get('type') or ''}"
     return "insufficient_quota" in code or str(error.get("message", "")).startswith("Request too large")
+
+
+# How an upstream words a 429 that is about its own load, not the caller's quota: Azure OpenAI's
+# "The system is currently experiencing high demand and cannot process your request. Your
+# request exceeds the maximum usage size allowed during peak load. ..."
+# (https://learn.microsoft.com/en-us/answers/a/12567967), OpenAI's "That model is currently
+# overloaded with other requests. ..." (https://github.com/openai/openai-python/issues/414,
+# https://help.openai.com/en/articles/6891834).
+_CAPACITY_WORDS = ("currently overloaded", "experiencing high demand", "during peak load")
+
+
+def capacity_429(content: bytes) -> bool:
+    """Whether an upstream 429 says the service is overloaded (its capacity, not our budget):
+    waited out like any 429, but its figures say nothing about the budget's limits."""
+    try:
+        error = json.loads(content).get("error") or {}
+    except (ValueError, AttributeError):
+        return False
+    if not isinstance(error, dict):
+        return False
+    message = str(error.get("message", "")).lower()
+    return any(words in message for words in _CAPACITY_WORDS)

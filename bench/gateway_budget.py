@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 import httpx
 
@@ -135,10 +138,28 @@ def mock(**settings: str) -> AbstractContextManager[Service]:
     return service("llm_mock_server", env)
 
 
-def gateway(upstream: Service, **settings: str) -> AbstractContextManager[Service]:
+def gateway(
+    upstream: Service, source: Path | None = None, **settings: str
+) -> AbstractContextManager[Service]:
+    """A gateway in front of ``upstream``; with ``source``, the packages of that directory (an
+    earlier revision's tree) instead of the installed ones."""
     env = {f"APIM_{k}": v for k, v in (UNLIMITED | settings).items()}
     env["APIM_UPSTREAM_URL"] = upstream.v1
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     return service("apim_server", env)
+
+
+def revision_tree(rev: str) -> Path:
+    """The source tree of git revision ``rev`` (``git archive``), in the work directory."""
+    into = Path(workdir()) / f"rev-{rev}"
+    if not into.exists():
+        into.mkdir()
+        root = Path(__file__).resolve().parent.parent
+        tar = subprocess.run(["git", "archive", rev], cwd=root, capture_output=True, check=True)
+        with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+            archive.extractall(into, filter="data")
+    return into
 
 
 def redis_url() -> str | None:

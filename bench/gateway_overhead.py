@@ -14,12 +14,21 @@ Load generator: ``wrk`` if installed (``apt-get install wrk``), else httpx in th
 
 ``--cors`` adds a gateway with ``APIM_CORS_ORIGINS=*`` (requests without an Origin, as
 server-side clients send them) to measure what the CORS layer costs the hot path.
+``--store`` picks the gateways' stores (``embedded``, ``redis``, or ``both``, the default; Redis
+only if one answers). ``--before REV`` adds, for each store, the gateway as it was at git
+revision REV (its tree from ``git archive``, run with the same settings), measured in the same
+rounds: before/after side by side, with the after/before ratios of the medians. Each target's
+own CPU time per request (user and system, from /proc) is printed too: steadier than rates when
+other processes share the machine.
 
     python bench/gateway_overhead.py [--duration 10] [--rounds 3] [--connections 64] [--cors]
+                                     [--store both] [--before REV]
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 import sys
 import uuid
 from contextlib import ExitStack
@@ -27,43 +36,66 @@ from pathlib import Path
 
 import httpx
 from _load import Generator, Round, load_options, median_round
-from gateway_budget import HUGE, gateway, mock, redis_url, workdir
+from gateway_budget import HUGE, gateway, mock, redis_url, revision_tree, workdir
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used: steadier than wall-clock rates on
+    a shared machine, since other processes' load does not count."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
     parser = load_options(__doc__, "target")
     parser.add_argument("--cors", action="store_true", help="add a gateway with APIM_CORS_ORIGINS=*")
+    parser.add_argument("--store", choices=("embedded", "redis", "both"), default="both")
+    parser.add_argument("--before", metavar="REV", help="also the gateway of this git revision, per store")
     args = parser.parse_args()
 
     generate = Generator(Path(workdir()), {})
 
-    redis = redis_url()
+    redis = redis_url() if args.store != "embedded" else None
+    if args.store == "redis" and redis is None:
+        print("no Redis answers (REDIS_URL or 127.0.0.1:6379)", file=sys.stderr)
+        return 1
+    sources: dict[str, Path | None] = {"": None}
+    if args.before:
+        sources[f" at {args.before}"] = revision_tree(args.before)
     with ExitStack() as stack:
         upstream = stack.enter_context(mock(**HUGE))
-        targets = {
-            "direct to the mock": upstream.v1,
-            "through the gateway (embedded store)": stack.enter_context(gateway(upstream, **HUGE)).v1,
-        }
+        services = {"direct to the mock": upstream}
+        for suffix, source in sources.items():
+            if args.store != "redis":
+                services[f"through the gateway (embedded store){suffix}"] = stack.enter_context(
+                    gateway(upstream, source, **HUGE)
+                )
+            if redis:
+                on_redis = {"REDIS_URL": redis, "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
+                services[f"through the gateway (Redis store){suffix}"] = stack.enter_context(
+                    gateway(upstream, source, **HUGE, **on_redis)
+                )
         if args.cors:
-            targets["through the gateway (embedded store, CORS on)"] = stack.enter_context(
+            services["through the gateway (embedded store, CORS on)"] = stack.enter_context(
                 gateway(upstream, **HUGE, CORS_ORIGINS="*")
-            ).v1
-        if redis:
-            on_redis = {"REDIS_URL": redis, "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
-            targets["through the gateway (Redis store)"] = stack.enter_context(
-                gateway(upstream, **HUGE, **on_redis)
-            ).v1
+            )
+        targets = {name: service.v1 for name, service in services.items()}
         urls = {name: f"{v1}/chat/completions" for name, v1 in targets.items()}
         status_urls = {name: v1.removesuffix("/v1") + "/status" for name, v1 in targets.items()}
         for url in urls.values():
             generate(url, 2, args.connections)  # warm-up: connections, encodings, caches
 
         results: dict[tuple[str, int], list[Round]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}  # the target's own CPU µs per request
         for connections in (args.connections, 1):
             for i in range(args.rounds):
                 for name, url in urls.items():
+                    pid = services[name].process.pid
+                    before = cpu_s(pid)
                     r = generate(url, args.duration, connections)
+                    used = cpu_s(pid) - before
                     results.setdefault((name, connections), []).append(r)
+                    cpu.setdefault((name, connections), []).append(used / (r.rps * args.duration) * 1e6)
                     print(f"round {i + 1} c={connections} {name}: {r}", flush=True)
         lags = {
             name: httpx.get(url, timeout=10).json()["dispatch_lag_ms"]
@@ -77,11 +109,15 @@ def main() -> int:
         "alternating; one uvicorn worker each; medians."
     )
     print()
-    print("| target | connections | req/s | p50 ms | p99 ms | failed |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| target | connections | req/s | p50 ms | p99 ms | failed | its own CPU µs per request |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     medians = {key: median_round(rounds) for key, rounds in results.items()}
     for (name, connections), m in medians.items():
-        print(f"| {name} | {connections} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.failures} |")
+        own = statistics.median(cpu[(name, connections)])
+        print(
+            f"| {name} | {connections} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.failures} "
+            f"| {own:.0f} |"
+        )
     print()
     direct = "direct to the mock"
     for name in urls:
@@ -93,6 +129,34 @@ def main() -> int:
                 f"{name}, {connections} connection(s): throughput {gw.rps / base.rps:.2f} of direct, "
                 f"added p50 {gw.p50_ms - base.p50_ms:+.2f} ms"
             )
+    if args.before:
+        print()
+        suffix = f" at {args.before}"
+        for name in urls:
+            if name.endswith(suffix) or f"{name}{suffix}" not in urls:
+                continue
+            for connections in (args.connections, 1):
+                now, then = medians[(name, connections)], medians[(f"{name}{suffix}", connections)]
+                cpu_ratios = [
+                    a / b
+                    for a, b in zip(
+                        cpu[(name, connections)], cpu[(f"{name}{suffix}", connections)], strict=True
+                    )
+                ]
+                ratios = [
+                    a.rps / b.rps
+                    for a, b in zip(
+                        results[(name, connections)], results[(f"{name}{suffix}", connections)], strict=True
+                    )
+                ]
+                print(
+                    f"{name}, {connections} connection(s), now / {args.before}: throughput "
+                    f"{now.rps / then.rps:.3f} of the medians, {statistics.median(ratios):.3f} median of "
+                    f"the per-round ratios ({', '.join(f'{r:.3f}' for r in ratios)}); "
+                    f"p50 {now.p50_ms / then.p50_ms:.3f}, p99 {now.p99_ms / then.p99_ms:.3f}; "
+                    f"its CPU per request {statistics.median(cpu_ratios):.3f} "
+                    f"({', '.join(f'{r:.3f}' for r in cpu_ratios)})"
+                )
     print()
     for name, lag in lags.items():
         print(

@@ -8,7 +8,11 @@ Prints markdown tables of medians over several rounds, measured side by side in 
   (`MovingWindowRateLimiter` on `limits.aio.storage.RedisStorage`, weighted: cost=1500);
 - time per admission with 10 and with 100,000 entries in the window, in steady state (an
   injected clock moves so that each admission pushes one old entry out): one call at a
-  time, and for Redis also pipelined (close to Redis's own time per call).
+  time, and for Redis also pipelined (close to Redis's own time per call);
+- the same admission with a fair-share ask (``ratelimit.fair_share``): as a gateway without
+  tenants sends it (classes only, nothing else waiting), and with tenants (two more tenants
+  waiting at this instance, two other instances with three each, none ahead, so every ask is
+  admitted): admissions/s, and Redis's own time per admission (``INFO commandstats``).
 
 With ``--before REV`` the throughput table also has the Redis store as it was at git
 revision REV (extracted with ``git archive`` into a temporary package), measured in the
@@ -48,6 +52,7 @@ from redis.exceptions import NoScriptError
 from redis.utils import HIREDIS_AVAILABLE
 
 from ratelimit import Cost, EmbeddedStore, Limits, RedisStore, Store
+from ratelimit.fair_share import Ask
 from ratelimit.redis_store import SCRIPT
 from ratelimit.store import args, wire
 
@@ -59,6 +64,13 @@ WIDE = Limits(rpm=10**9, tpm=10**13, rpd=10**10, tpd=10**15).policy()
 SIZES = (10, 100_000)
 T0 = 1_700_000_000_000
 CALLERS = (1, 50)
+ALONE = Ask("(none)", 1, 0, "me")
+"""A gateway without tenants on Redis: its class, nothing else waiting."""
+TENANTS = Ask("a", 1, 1_000, "me", 1, ((1, "b"), (1, "c")))
+"""Tenant a asks; b and c wait at the same instance (behind it: primed with large tags)."""
+ELSEWHERE = {"r1": ("d", "e", "f"), "r2": ("g", "h", "i")}
+"""Two other instances' waiting tenants (behind too)."""
+BEHIND = 10**15
 
 Op = Callable[[], Awaitable[object]]
 Table = dict[str, dict[int, float]]
@@ -122,6 +134,12 @@ async def throughput_round(prefix: str, seconds: float, before: tuple[str, Modul
         "embedded store": lambda: embedded.acquire("t", WIDE, COST),
         "`limits` moving window, cost=1500": lambda: moving.hit(item, "t", cost=TOKENS),
     }
+    fair_ops: dict[str, tuple[str, Ask]] = {
+        "Redis store, fair-share ask without tenants": ("f0", ALONE),
+        "Redis store, fair-share ask, 3 tenants waiting": ("f1", TENANTS),
+    }
+    for name, (key, ask) in fair_ops.items():
+        ops[name] = lambda key=key, ask=ask: redis_store.acquire(key, WIDE, COST, ask)  # type: ignore[misc]
     old_store: Any = None
     if before is not None:
         rev, old = before
@@ -133,12 +151,16 @@ async def throughput_round(prefix: str, seconds: float, before: tuple[str, Modul
     try:
         for name, op in ops.items():
             for callers in CALLERS:
+                if name in fair_ops:
+                    await prime(redis_store, fair_ops[name][0], None)
                 per_s, cpu_us = await rate(op, callers, seconds)
                 out.setdefault(name, {})[callers] = per_s
                 if callers == 50:
                     out[name][CPU] = cpu_us
                 # Every measurement starts from an empty budget.
                 await redis_store.reset("t")
+                for key, _ in fair_ops.values():
+                    await redis_store.reset(key)
                 await embedded.reset("t")
                 await moving.clear(item, "t")
                 if old_store is not None:
@@ -149,6 +171,22 @@ async def throughput_round(prefix: str, seconds: float, before: tuple[str, Modul
         await redis_store.close()
         await redis.aclose()
     return out
+
+
+async def prime(store: RedisStore, key: str, now: int | None) -> None:
+    """Every other tenant far behind (a huge finish tag), and, when ``now`` is given (an
+    injected clock: entries would lapse in a real second), the other instances' waiting
+    tenants registered at ``now``."""
+    for tenant in ("b", "c", *ELSEWHERE["r1"], *ELSEWHERE["r2"]):
+        done = await store.acquire(key, WIDE, Cost(1, 0), Ask(tenant, 1, BEHIND, "prime"))
+        assert done.allowed
+    if now is None:
+        return
+    for instance, waiting in ELSEWHERE.items():
+        # Registered by an admission of a tenant that then has nothing left waiting.
+        ask = Ask(f"{instance}-done", 1, 1, instance, -1, tuple((1, t) for t in waiting))
+        if not (await store.acquire(key, WIDE, Cost(1, 0), ask)).allowed:
+            raise AssertionError("a primed tenant was held back")
 
 
 class StepClock:
@@ -287,6 +325,51 @@ async def redis_time_us(prefix: str, before: tuple[str, ModuleType], rounds: int
     return out
 
 
+async def fair_time_us(prefix: str, rounds: int) -> dict[str, list[float]]:
+    """Redis's own time per admission (``INFO commandstats``) without an ask, with the ask of
+    a gateway without tenants, and with tenants waiting here and at two other instances;
+    alternating, 3,000 pipelined admissions per sample on an injected clock (0.05 ms apart, so
+    the other instances' entries stay live). Other clients' EVALSHA calls in the same moments
+    count too: keep the server quiet."""
+    variants: dict[str, Ask | None] = {
+        "no ask": None,
+        "ask without tenants": ALONE,
+        "ask, 3 tenants here and 3 at each of 2 other instances": TENANTS,
+    }
+    redis = Redis.from_url(REDIS_URL)
+    out: dict[str, list[float]] = {}
+
+    async def evalsha_stats() -> tuple[int, int]:
+        found = (await redis.info("commandstats")).get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+        return int(found["calls"]), int(found["usec"])
+
+    try:
+        for r in range(rounds):
+            for name, ask in variants.items():
+                clock = StepClock(0.05)
+                store = RedisStore.from_url(REDIS_URL, prefix=f"{prefix}-ft{r}", clock=clock)
+                client = await store.client()
+                if ask is not None and ask.share:
+                    await prime(store, "k", T0)
+                keys = store.keys("k") if ask is None else store.fair_keys("k")
+                sha = await client.script_load(SCRIPT)
+                pipe = client.pipeline(transaction=False)
+                for _ in range(3_000):
+                    now = clock()
+                    pipe.evalsha(sha, len(keys), *keys, wire(args(WIDE, "acquire", COST, now, now), ask))
+                calls, usec = await evalsha_stats()
+                results = await pipe.execute()
+                calls_after, usec_after = await evalsha_stats()
+                await store.reset("k")
+                await store.close()
+                if not all(res[0] == 1 for res in results):
+                    raise AssertionError("an ask was not admitted during the benchmark")
+                out.setdefault(name, []).append((usec_after - usec) / (calls_after - calls))
+    finally:
+        await redis.aclose()
+    return out
+
+
 def median_table(rounds: list[Table]) -> Table:
     return {
         name: {col: statistics.median(r[name][col] for r in rounds) for col in rounds[0][name]}
@@ -325,6 +408,7 @@ async def measure_and_print(
         print(f"throughput round {i + 1}/{opts.rounds} done at {elapsed:.0f} s", flush=True)
     cost, held = await window_costs(prefix, opts.cost_rounds)
     server = await redis_time_us(prefix, before, opts.cost_rounds) if before is not None else None
+    fair_server = await fair_time_us(prefix, opts.cost_rounds)
     print(f"window costs done at {time.perf_counter() - began:.0f} s", flush=True)
 
     redis = Redis.from_url(REDIS_URL)
@@ -360,6 +444,10 @@ async def measure_and_print(
             old_name = f"Redis store before ({before[0]})"
             of_before = statistics.median(r[store][callers] / r[old_name][callers] for r in speed)
             print(f", {of_before:.2f}x the store before", end="")
+    for name in table:
+        if "fair-share ask" in name:
+            per = {c: statistics.median(r[name][c] / r[store][c] for r in speed) for c in CALLERS}
+            print(f"\n{name}: {per[1]:.2f}x (1 caller), {per[50]:.2f}x (50) the rate without", end="")
     print("\n(ratios: median of the per-round ratios)", end="")
     print("\n\n| us per admission, steady window | 10 entries | 100,000 entries | ratio |")
     print("|---|---:|---:|---:|")
@@ -376,6 +464,14 @@ async def measure_and_print(
         print(f"| script {old_name} | {statistics.median(old_us):.1f} |")
         print(f"| script {now_name} | {statistics.median(now_us):.1f} |")
         print(f"(now / before: {ratio:.2f}, median of the per-round ratios)")
+    plain = fair_server["no ask"]
+    print(
+        "\n| Redis time per admission (INFO commandstats), fair-share ask | µs | / no ask |\n|---|---:|---:|"
+    )
+    for name, us in fair_server.items():
+        ratio = statistics.median(a / b for a, b in zip(us, plain, strict=True))
+        print(f"| {name} | {statistics.median(us):.1f} | {ratio:.2f} |")
+    print("(ratio: median of the per-round ratios)")
     print(f"total run time {time.perf_counter() - began:.0f} s")
 
 

@@ -102,3 +102,23 @@ def rate_limited(
         code="429",
         headers={**limit_headers, "retry-after": str(seconds), "retry-after-ms": str(max(0, wait_ms))},
     )
+
+
+def capacity_exceeded(wait_ms: int, limit_headers: dict[str, str]) -> AzureError:
+    """Azure's 429 when the service, not the deployment's quota, is at capacity, word for word as
+    users quote it (https://learn.microsoft.com/en-us/answers/a/12567967,
+    https://github.com/pollinations/pollinations/issues/6260). The code is the string "429" of
+    Azure's other 429 bodies: no quoted body shows its code."""
+    seconds = max(1, math.ceil(wait_ms / 1000))
+    message = (
+        "The system is currently experiencing high demand and cannot process your request. Your request "
+        "exceeds the maximum usage size allowed during peak load. Please retry after "
+        f"{seconds} {'second' if seconds == 1 else 'seconds'}. For improved latency reliability, consider "
+        "switching to Provisioned Throughput."
+    )
+    return AzureError(
+        429,
+        message,
+        code="429",
+        headers={**limit_headers, "retry-after": str(seconds), "retry-after-ms": str(max(0, wait_ms))},
+    )

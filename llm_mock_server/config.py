@@ -92,7 +92,9 @@ class MockSettings(ConnectionSettings):
         "open; `/healthz` and `/readyz` are always open).",
     )
     admin: bool = Field(
-        False, description="Enable test control: the `x-mock-fault` header and `POST /admin/reset`."
+        False,
+        description="Enable test control: the `x-mock-fault` header, `POST /admin/reset` and "
+        "`POST /admin/limits` (lower or restore a key's limits at run time).",
     )
     fault_500_rate: Rate = Field(0, description="Share of requests answered 500 (0..1).")
     fault_503_rate: Rate = Field(0, description="Share of requests answered 503 (0..1).")
@@ -100,6 +102,15 @@ class MockSettings(ConnectionSettings):
     fault_slow_ms: int = Field(5000, ge=0, description="Extra delay of a slow answer, in milliseconds.")
     fault_drop_rate: Rate = Field(
         0, description="Share of requests whose connection is closed without an answer (0..1)."
+    )
+    fault_capacity_rate: Rate = Field(
+        0,
+        description="Share of requests refused with a capacity 429 (the service overloaded, not the key's "
+        'limits: Azure\'s "system is currently experiencing high demand", OpenAI\'s "overloaded"), '
+        "before admission (0..1).",
+    )
+    fault_capacity_retry_ms: int = Field(
+        1000, ge=0, description="How long a capacity 429 asks the caller to wait (`retry-after-ms`)."
     )
     max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted (413 above).")
     log_requests: bool = Field(True, description="Log one line per chat request (id, model, tokens, ms).")
@@ -126,11 +137,17 @@ class MockSettings(ConnectionSettings):
     @model_validator(mode="after")
     def _rates_fit(self) -> MockSettings:
         # One draw per request picks at most one fault, so the shares must fit in one.
-        total = self.fault_500_rate + self.fault_503_rate + self.fault_slow_rate + self.fault_drop_rate
+        total = (
+            self.fault_500_rate
+            + self.fault_503_rate
+            + self.fault_slow_rate
+            + self.fault_drop_rate
+            + self.fault_capacity_rate
+        )
         if total > 1:
             raise ValueError(
                 "MOCK_FAULT_500_RATE + MOCK_FAULT_503_RATE + MOCK_FAULT_SLOW_RATE + MOCK_FAULT_DROP_RATE "
-                f"must not exceed 1 (is {total:g})"
+                f"+ MOCK_FAULT_CAPACITY_RATE must not exceed 1 (is {total:g})"
             )
         return self
 

@@ -29,6 +29,7 @@ class Fault(StrEnum):
     ERROR_503 = "503"
     SLOW = "slow"
     DROP = "drop"
+    CAPACITY = "capacity"
 
 
 class FaultPicker:
@@ -45,6 +46,7 @@ class FaultPicker:
             (settings.fault_503_rate, Fault.ERROR_503),
             (settings.fault_slow_rate, Fault.SLOW),
             (settings.fault_drop_rate, Fault.DROP),
+            (settings.fault_capacity_rate, Fault.CAPACITY),
         ):
             if rate > 0:
                 total += rate

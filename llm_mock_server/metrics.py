@@ -21,6 +21,7 @@ class Totals:
     requests: int = 0
     ok: int = 0
     rate_limited: int = 0
+    capacity: int = 0  # capacity 429s (the service's load, not a key's limits)
     errors: int = 0
 
 

@@ -61,6 +61,19 @@ def too_large(model: str, state: LimitState, requested: int, rpm: int, headers: 
     )
 
 
+def overloaded(request_id: str, wait_ms: int, headers: dict[str, str]) -> APIError:
+    """OpenAI's 429 when the model, not the key's limits, is at capacity, in its words
+    (https://github.com/openai/openai-python/issues/414, help.openai.com article 6891834)."""
+    return APIError(
+        429,
+        "That model is currently overloaded with other requests. You can retry your request, or contact "
+        "us through our help center at help.openai.com if the error persists. (Please include the "
+        f"request ID {request_id} in your message.)",
+        type="server_error",
+        headers={**headers, **retry_after_headers(wait_ms)},
+    )
+
+
 def mask_key(key: str) -> str:
     """An API key as OpenAI echoes it: the first three and last four characters."""
     if len(key) <= 8:

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llm_mock_server import azure
+from llm_mock_server import azure, limit_overrides
 from llm_mock_server.auth import KeyCheck, key_label
 from llm_mock_server.body import parse, read_body
 from llm_mock_server.chat import ChatEndpoint
@@ -26,11 +26,13 @@ from llm_mock_server.config import MockSettings
 from llm_mock_server.counting import CachedTokenCounter
 from llm_mock_server.embeddings import EmbeddingsEndpoint
 from llm_mock_server.faults import FAULT_HEADER, DropConnection, Fault, FaultPicker
+from llm_mock_server.limit_overrides import LimitsChange
 from llm_mock_server.logs import REQUEST_LOGGER
 from llm_mock_server.metrics import CLIENT_CLOSED, Metrics
 from llm_mock_server.rejections import (
     invalid_key,
     model_not_found,
+    overloaded,
     rate_limited,
     server_error,
     short_name,
@@ -41,7 +43,7 @@ from llm_mock_server.responses import ResponsesEndpoint
 from llm_mock_server.text_completions import TextCompletionsEndpoint
 from openai_wire.content_type import check_content_type
 from openai_wire.endpoints import CHAT
-from openai_wire.errors import APIError
+from openai_wire.errors import APIError, clip
 from openai_wire.headers import ratelimit_headers
 from ratelimit.cost import CostEstimator
 from ratelimit.limiter import Limiter, status_limits
@@ -120,6 +122,8 @@ class MockService:
         }
         self.all_models = [*text, *(m for m in embedding if m not in self.models)]
         self.faults = FaultPicker(settings)
+        # Budget key -> the limiter of the limits set at run time (this process only).
+        self.overrides: dict[str, Limiter] = {}
         self.metrics = Metrics(self.all_models)
         self.ttft_s = settings.ttft_ms / 1000
         self.token_s = 1 / settings.tokens_per_s if settings.tokens_per_s else 0.0
@@ -128,7 +132,14 @@ class MockService:
 
     def budget(self, key: str, model: str | None) -> tuple[Limiter, str]:
         """The limiter and store key a request for ``model`` under API key ``key`` is charged to:
-        a listed model has a budget of its own per key, every other model shares the key's."""
+        a listed model has a budget of its own per key, every other model shares the key's; limits
+        set at run time (``POST /admin/limits``) replace the configured ones."""
+        limiter, budget_key = self.configured_budget(key, model)
+        if self.overrides:
+            limiter = self.overrides.get(budget_key, limiter)
+        return limiter, budget_key
+
+    def configured_budget(self, key: str, model: str | None) -> tuple[Limiter, str]:
         limiter = self.per_model.get(model) if model else None
         if limiter is None:
             return self.limiter, key
@@ -153,6 +164,7 @@ class MockService:
         app.add_api_route("/readyz", self.readyz, methods=["GET"])
         if self.settings.admin:
             app.add_api_route("/admin/reset", self.admin_reset, methods=["POST"])
+            app.add_api_route("/admin/limits", self.admin_limits, methods=["POST"])
 
     # --- the POST endpoints -------------------------------------------------------------
 
@@ -234,6 +246,8 @@ class MockService:
         if fault is Fault.RATE_LIMIT:
             self.metrics.fault(fault)
             raise await self._forced_429(request, endpoint, limiter, key, model, cost, out)
+        if fault is Fault.CAPACITY:
+            raise await self._capacity_429(request, limiter, key, out)
 
         decision = await limiter.acquire(key, cost)
         out.headers = headers = self._limit_headers(decision)
@@ -341,6 +355,17 @@ class MockService:
             request, endpoint, model, state, cost, wait_ms, out.headers, limiter.limits.rpm
         )
 
+    async def _capacity_429(self, request: Request, limiter: Limiter, key: str, out: Outcome) -> APIError:
+        """A capacity 429 (the service's load, not the key's limits): refused before admission,
+        so nothing is counted against the key, whose figures it carries as every answer does."""
+        self.metrics.fault(Fault.CAPACITY)
+        self.metrics.totals.capacity += 1
+        out.headers = self._limit_headers(await limiter.peek(key))
+        wait_ms = self.settings.fault_capacity_retry_ms
+        if self.azure:
+            return azure.capacity_exceeded(wait_ms, out.headers)
+        return overloaded(request.scope.get(REQUEST_ID_KEY, "-"), wait_ms, out.headers)
+
     async def _error(self, exc: APIError, out: Outcome) -> Response:
         response = exc.response()
         return await self._with_limit_headers(response, out)
@@ -411,6 +436,7 @@ class MockService:
                 "requests": totals.requests,
                 "ok": totals.ok,
                 "rate_limited": totals.rate_limited,
+                "capacity_rejected": totals.capacity,
                 "errors": totals.errors,
             },
             "models": self.settings.models,
@@ -426,8 +452,9 @@ class MockService:
     async def prometheus(self, request: Request) -> Response:
         self.operator.check(request.headers)
         for key in self.auth.known_keys():
+            limiter, budget_key = self.budget(key, None)
             try:
-                decision = await self.limiter.peek(key)
+                decision = await limiter.peek(budget_key)
             except STORE_ERRORS:
                 break
             names = {s.name: short_name(s) for s in decision.states}
@@ -460,6 +487,63 @@ class MockService:
         labels = [key_label(k) for k in keys]
         log.info("admin reset of %s", ", ".join(labels))
         return JSONResponse({"reset": labels})
+
+    async def admin_limits(self, request: Request, change: LimitsChange) -> Response:
+        """Set a key's (and model's) limits at run time, or ``restore`` the configured ones.
+
+        Kept in this process: a mock run with several workers or processes needs it sent to each.
+        """
+        if self.auth.enabled:
+            self.auth.budget_key(request.headers)
+        key = change.api_key if change.api_key is not None else self.auth.default_key
+        if key not in self.auth.known_keys():
+            raise APIError(
+                400, "Unknown api_key: name one of MOCK_API_KEYS.", param="api_key", code="invalid_request"
+            )
+        if change.model is not None and change.model not in self.all_models:
+            raise model_not_found(change.model)
+        if change.model is not None and change.model not in self.per_model:
+            raise APIError(
+                400,
+                f"The model `{clip(change.model)}` has no limits of its own (MOCK_CONFIG): omit `model` to "
+                "change the key's budget for every such model.",
+                param="model",
+                code="invalid_request",
+            )
+        given = change.given()
+        if change.restore == bool(given):
+            raise APIError(
+                400,
+                "Give new limits (rpm, tpm, rpd, tpd) or restore: true, not both.",
+                param="restore",
+                code="invalid_request",
+            )
+        configured, budget_key = self.configured_budget(key, change.model)
+        if change.restore:
+            self.overrides.pop(budget_key, None)
+            limits = configured.limits
+        else:
+            limits = limit_overrides.changed(configured.limits, change, self.azure)
+            self.overrides[budget_key] = Limiter(limits, configured.store, hash_keys=True)
+        log.info(
+            "admin: limits of %s (model %s) %s: rpm=%d tpm=%d rpd=%d tpd=%d",
+            key_label(key),
+            change.model or "-",
+            "restored" if change.restore else "set",
+            limits.rpm,
+            limits.tpm,
+            limits.rpd,
+            limits.tpd,
+        )
+        return JSONResponse(
+            {
+                "api_key": key_label(key),
+                "model": change.model,
+                "limits": limit_overrides.view(limits),
+                "configured": limit_overrides.view(configured.limits),
+                "overridden": budget_key in self.overrides,
+            }
+        )
 
 
 def _first_limited(decision: Decision) -> LimitState:

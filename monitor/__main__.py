@@ -14,6 +14,7 @@ from rich.console import Console
 
 from monitor.client import StatusClient
 from monitor.dashboard import render
+from monitor.keys import View
 from monitor.live import Monitor, run_live
 
 
@@ -41,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--once", action="store_true", help="print one frame and exit")
     add("--json", action="store_true", help="print both /status bodies as one JSON and exit")
     add("--width", type=int, default=None, help="console width (default: the terminal's)")
+    add(
+        "--view",
+        choices=[v.value for v in View],
+        default=View.OVERVIEW.value,
+        help="the view to start with (keys o, b, t switch while it runs; default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error("--interval must be > 0")
@@ -73,9 +80,9 @@ async def run(args: argparse.Namespace) -> None:
             snapshot = await client.snapshot()
             sys.stdout.write(json.dumps(snapshot.as_json(), indent=2) + "\n")
         elif args.once:
-            console.print(render(await client.snapshot()))
+            console.print(render(await client.snapshot(), view=View(args.view)))
         else:
-            await run_live(Monitor(client, args.interval), console, args.interval)
+            await run_live(Monitor(client, args.interval, View(args.view)), console, args.interval)
 
 
 def main(argv: list[str] | None = None) -> int:

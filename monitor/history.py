@@ -1,66 +1,59 @@
-"""The admitted-rate history the monitor keeps itself, and its unicode sparkline."""
+"""The history the monitor keeps itself (admissions per minute, sampled on every refresh), and
+its unicode sparkline."""
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 GAP = " "
 
 
-class RateHistory:
-    """Per-interval rates (per minute) of a counter that only grows, sampled on every refresh.
-
-    A sample of ``None`` (the service was down) leaves a gap. A counter that went down, or whose
-    ``source`` changed (a restart, an instance joining the sum), starts over from its new value:
-    that jump is not traffic.
-    """
+class History:
+    """Samples of one figure over the last ``span_s`` seconds; ``None`` (the service was down,
+    or did not report it) leaves a gap."""
 
     def __init__(self, span_s: float = 300.0) -> None:
         self.span_s = span_s
-        self._last: tuple[float, float, Hashable] | None = None
-        # (time, rate per minute or None for a gap), oldest first.
-        self._rates: deque[tuple[float, float | None]] = deque()
+        self._samples: deque[tuple[float, float | None]] = deque()  # (time, value), oldest first
 
-    def sample(self, at: float, counter: float | None, source: Hashable = None) -> None:
-        if counter is None:
-            if self._last is not None:
-                self._rates.append((at, None))
-            self._last = None
-        else:
-            last = self._last
-            self._last = (at, counter, source)
-            if last is not None and at > last[0]:
-                delta = counter - last[1]
-                same = delta >= 0 and source == last[2]
-                self._rates.append((at, delta * 60 / (at - last[0]) if same else None))
-        while self._rates and self._rates[0][0] < at - self.span_s:
-            self._rates.popleft()
+    def sample(self, at: float, value: float | None) -> None:
+        if value is not None or (self._samples and self._samples[-1][1] is not None):
+            self._samples.append((at, value))  # one gap is enough for a whole outage
+        while self._samples and self._samples[0][0] < at - self.span_s:
+            self._samples.popleft()
 
-    def rates(self) -> list[float | None]:
-        return [rate for _, rate in self._rates]
+    def values(self) -> list[float | None]:
+        return [value for _, value in self._samples]
+
+    def latest(self) -> float | None:
+        return self._samples[-1][1] if self._samples else None
+
+    def peak(self) -> float | None:
+        return max((v for _, v in self._samples if v is not None), default=None)
 
     def buckets(self, count: int, bucket_s: float, now: float) -> list[float | None]:
-        """The mean rate in each of the last ``count`` buckets of ``bucket_s`` seconds up to ``now``.
+        """The highest sample in each of the last ``count`` buckets of ``bucket_s`` seconds up to
+        ``now`` (so the line's top is the peak figure beside it).
 
         Buckets are aligned to multiples of ``bucket_s`` so the line shifts by whole steps; the
         list starts at the first bucket holding anything, and an empty bucket is a gap.
         """
         last = math.floor(now / bucket_s)
         first = last - count + 1
-        sums: dict[int, list[float]] = {}
-        for at, rate in self._rates:
+        found: dict[int, list[float]] = {}
+        for at, value in self._samples:
             index = math.floor(at / bucket_s)
             if first <= index <= last:
-                values = sums.setdefault(index, [])
-                if rate is not None:
-                    values.append(rate)
-        if not sums:
+                values = found.setdefault(index, [])
+                if value is not None:
+                    values.append(value)
+        if not found:
             return []
-        start = min(sums)
-        return [sum(sums[i]) / len(sums[i]) if sums.get(i) else None for i in range(start, last + 1)]
+        start = min(found)
+        return [max(found[i]) if found.get(i) else None for i in range(start, last + 1)]
 
 
 def sparkline(values: Sequence[float | None], width: int, top: float | None = None) -> str:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from ratelimit.embedded import EmbeddedStore
+from ratelimit.fair_share import Ask
 from ratelimit.limits import MAX_COST, NOTHING, Cost, Decision, Limits, LimitState
 from ratelimit.redis_store import RedisStore
 from ratelimit.store import Clock, Store
@@ -67,14 +68,28 @@ class Limiter:
     def too_large(self, cost: Cost) -> LimitState | None:
         return self.policy.too_large(cost)
 
-    async def acquire(self, key: str, cost: Cost) -> Decision:
-        return await self.store.acquire(self._name(key), self.policy, checked(cost))
+    async def acquire(self, key: str, cost: Cost, fair: Ask | None = None) -> Decision:
+        if fair is None:
+            return await self.store.acquire(self._name(key), self.policy, checked(cost))
+        return await self.store.acquire(self._name(key), self.policy, checked(cost), fair)
 
     async def charge(self, key: str, tokens: int) -> Decision:
         """Consume ``tokens`` (usage above the estimate), clamped to ``[0, MAX_COST]``."""
         return await self.store.charge(self._name(key), self.policy, Cost(0, clamped(tokens)))
 
-    async def refund(self, key: str, tokens: int, admitted_at_ms: int) -> Decision:
+    async def refund(
+        self, key: str, tokens: int, admitted_at_ms: int, requests: int = 0, fair: Ask | None = None
+    ) -> Decision:
+        """Return ``tokens`` (and ``requests``, and with ``fair`` its tenant's share) of an
+        admission made at ``admitted_at_ms``."""
+        if fair is not None:
+            return await self.store.refund(
+                self._name(key), self.policy, clamped(tokens), admitted_at_ms, clamped(requests), fair
+            )
+        if requests:
+            return await self.store.refund(
+                self._name(key), self.policy, clamped(tokens), admitted_at_ms, clamped(requests)
+            )
         return await self.store.refund(self._name(key), self.policy, clamped(tokens), admitted_at_ms)
 
     async def peek(self, key: str, cost: Cost = NOTHING) -> Decision:

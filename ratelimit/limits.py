@@ -165,6 +165,18 @@ class LimitState:
 
 
 @dataclass(frozen=True, slots=True)
+class FairAnswer:
+    """What an admission with a fair-share ask (``ratelimit.fair_share``) says besides: it fit
+    the limits but a waiting tenant goes first; the tenant's finish tag and the budget's virtual
+    clock after it; the finish tags of the other waiting tenants the ask named, in its order."""
+
+    yielded: bool
+    finish: int
+    vtime: int
+    tags: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The answer to one store operation: admitted or not, and every limit's state."""
 
@@ -175,6 +187,24 @@ class Decision:
     # When the store was asked, on this process's monotonic clock (now_ms is the store's own
     # clock, Redis time): what a lag measured here must start from, never now_ms.
     asked_at: float = field(default=0.0, compare=False)
+    # One field, not four: every admission builds a Decision, and each field costs its time.
+    fair: FairAnswer | None = None
+
+    @property
+    def yielded(self) -> bool:
+        return self.fair is not None and self.fair.yielded
+
+    @property
+    def finish(self) -> int:
+        return 0 if self.fair is None else self.fair.finish
+
+    @property
+    def vtime(self) -> int:
+        return 0 if self.fair is None else self.fair.vtime
+
+    @property
+    def tags(self) -> tuple[int, ...]:
+        return () if self.fair is None else self.fair.tags
 
     def state(self, name: str) -> LimitState:
         for s in self.states:

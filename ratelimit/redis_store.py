@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from importlib.resources import files
 
+from ratelimit.fair_share import Ask
 from ratelimit.limits import NOTHING, Cost, Decision, Limits, Policy
 from ratelimit.redis_connection import Client, RedisConnection
 from ratelimit.script_calls import ScriptCalls
@@ -88,8 +89,13 @@ class RedisStore(Store):
         tag = f"{{{self.prefix}:{key}}}"
         return [f"{tag}:log", f"{tag}:state", f"{tag}:refunds"]
 
-    async def acquire(self, key: str, policy: Policy, cost: Cost) -> Decision:
-        return await self._run(key, policy, "acquire", cost)
+    def fair_keys(self, key: str) -> list[str]:
+        """The budget's keys with its fair-share record (tags, waits): the same hash slot."""
+        tag = f"{{{self.prefix}:{key}}}"
+        return [f"{tag}:log", f"{tag}:state", f"{tag}:refunds", f"{tag}:tags", f"{tag}:waits"]
+
+    async def acquire(self, key: str, policy: Policy, cost: Cost, fair: Ask | None = None) -> Decision:
+        return await self._run(key, policy, "acquire", cost, fair=fair)
 
     async def peek(self, key: str, policy: Policy, cost: Cost = NOTHING) -> Decision:
         return await self._run(key, policy, "peek", cost)
@@ -97,12 +103,20 @@ class RedisStore(Store):
     async def charge(self, key: str, policy: Policy, cost: Cost) -> Decision:
         return await self._run(key, policy, "charge", cost)
 
-    async def refund(self, key: str, policy: Policy, tokens: int, admitted_at_ms: int) -> Decision:
-        return await self._run(key, policy, "refund", Cost(0, tokens), admitted_at_ms)
+    async def refund(
+        self,
+        key: str,
+        policy: Policy,
+        tokens: int,
+        admitted_at_ms: int,
+        requests: int = 0,
+        fair: Ask | None = None,
+    ) -> Decision:
+        return await self._run(key, policy, "refund", Cost(requests, tokens), admitted_at_ms, fair)
 
     async def reset(self, key: str) -> None:
         client = await self.client()
-        await client.delete(*self.keys(key))
+        await client.delete(*self.fair_keys(key))
 
     async def ping(self) -> bool:
         try:
@@ -139,14 +153,19 @@ class RedisStore(Store):
         await self._calls.drain()
         await self.connection.aclose()
 
-    async def _run(self, key: str, policy: Policy, op: str, cost: Cost, admitted_at_ms: int = 0) -> Decision:
+    async def _run(
+        self, key: str, policy: Policy, op: str, cost: Cost, admitted_at_ms: int = 0, fair: Ask | None = None
+    ) -> Decision:
         asked_at = time.monotonic()
         now = self._clock() if self._clock else None
         # Day bounds come from our clock; the script picks the day that holds server time.
         argv = args(
             policy, op, cost, now, now if now is not None else time.time_ns() // 1_000_000, admitted_at_ms
         )
-        line = wire(argv)
+        if fair is None:
+            line, keys = wire(argv), self.keys(key)
+        else:
+            line, keys = wire(argv, fair), self.fair_keys(key)
         async with asyncio.timeout(self.timeout_s):
-            raw = await self._calls.call(self.keys(key), line)
+            raw = await self._calls.call(keys, line)
         return decode(policy, raw, asked_at)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from ratelimit.limits import NOTHING, Cost, Decision, LimitState, Policy
+from ratelimit.fair_share import Ask
+from ratelimit.limits import NOTHING, Cost, Decision, FairAnswer, LimitState, Policy
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch; injected by tests, otherwise the store's own time."""
@@ -27,9 +28,10 @@ class Store(ABC):
     kind: str
 
     @abstractmethod
-    async def acquire(self, key: str, policy: Policy, cost: Cost) -> Decision:
+    async def acquire(self, key: str, policy: Policy, cost: Cost, fair: Ask | None = None) -> Decision:
         """Consume ``cost`` if it fits every limit now; otherwise consume nothing and
-        say how long until it would fit."""
+        say how long until it would fit. With ``fair``, also keep the budget's fair shares
+        across instances (``ratelimit.fair_share``): the admission may yield instead."""
 
     @abstractmethod
     async def peek(self, key: str, policy: Policy, cost: Cost = NOTHING) -> Decision:
@@ -41,10 +43,22 @@ class Store(ABC):
         """Consume ``cost`` unconditionally: usage that turned out above the estimate."""
 
     @abstractmethod
-    async def refund(self, key: str, policy: Policy, tokens: int, admitted_at_ms: int) -> Decision:
-        """Return unused tokens of an admission made at ``admitted_at_ms`` (opt-in mode):
-        pass the admission's ``Decision.now_ms``. The refund leaves the sliding window
-        together with that admission, and comes off the day only if it was made today.
+    async def refund(
+        self,
+        key: str,
+        policy: Policy,
+        tokens: int,
+        admitted_at_ms: int,
+        requests: int = 0,
+        fair: Ask | None = None,
+    ) -> Decision:
+        """Return unused tokens (and ``requests``: an admission given back whole) of an
+        admission made at ``admitted_at_ms``: pass the admission's ``Decision.now_ms``. The
+        refund leaves the sliding window together with that admission, and comes off the day
+        only if it was made today. Returned requests count out of the longest window and the
+        day; a shorter window still counts them until they leave it (stricter, never over).
+        With ``fair`` (an admission made with that ask was not served), its tenant's finish tag
+        comes down by ``fair.share`` again.
 
         While refunds are in the window a denial's ``wait_ms`` is a lower bound, not exact:
         a refund leaving with its admission frees less than the admission's full cost, so
@@ -79,12 +93,17 @@ def decode(policy: Policy, raw: list[int], asked_at: float = 0.0) -> Decision:
     """Build a Decision from the flat list both stores produce (integers already: Redis
     answers a script's numbers as integers); ``asked_at`` is when the store was asked
     (``time.monotonic()``)."""
+    names = labels(policy)
+    end = 3 + 3 * len(names)
     states = tuple(
         [
             LimitState(name, limit, raw[i], raw[i + 1], raw[i + 2])
-            for i, (name, limit) in zip(range(3, len(raw), 3), labels(policy), strict=True)
+            for i, (name, limit) in zip(range(3, end, 3), names, strict=True)
         ]
     )
+    if len(raw) > end:  # a fair-share ask's answer: yielded, finish tag, virtual clock, tags
+        fair = FairAnswer(bool(raw[end]), raw[end + 1], raw[end + 2], tuple(raw[end + 3 :]))
+        return Decision(bool(raw[0]), raw[1], raw[2], states, asked_at, fair)
     return Decision(bool(raw[0]), raw[1], raw[2], states, asked_at)
 
 
@@ -122,9 +141,11 @@ def args(
     ]
 
 
-def wire(argv: list[int | str]) -> str:
+def wire(argv: list[int | str], fair: Ask | None = None) -> str:
     """The argument vector as lua/limiter.lua takes it: one JSON array. Every part is an
     operation name, an integer, "-" or the comma-separated spec, so no escaping is needed."""
     op, now, requests, tokens, admitted_at, policy_spec = argv
     when = '"-"' if now == "-" else now
+    if fair is not None:
+        return f'["{op}",{when},{requests},{tokens},{admitted_at},[{policy_spec}],{fair.wire()}]'
     return f'["{op}",{when},{requests},{tokens},{admitted_at},[{policy_spec}]]'

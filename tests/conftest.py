@@ -6,12 +6,17 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
+import httpx._transports.default as httpx_transports
 import pytest
 import redis
 
+from apim_server import tracing
 from tests.processes import private_redis
 from tests.topologies import Cluster, Sentinels
 
@@ -90,16 +95,65 @@ def redis_sentinels() -> Iterator[Sentinels]:
         sentinels.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_tls_context() -> Iterator[None]:
+    """One default TLS context for every httpx client of the session.
+
+    httpx builds a TLS context, parsing the whole CA bundle (about 20 ms of CPU), for each client
+    it makes, ``httpx.get()`` and the openai SDK's included, even for ``http://`` URLs. The suite
+    makes thousands of loopback calls (polling loops ask every 20-50 ms), and that alone was a
+    large share of its CPU. No test speaks TLS through httpx; a non-default ``verify`` or
+    ``cert`` still gets a context of its own."""
+    shared = httpx.create_ssl_context()
+    build = httpx_transports.create_ssl_context
+
+    def create(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is True and cert is None and trust_env:
+            return shared
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx_transports, "create_ssl_context", create)
+        yield
+
+
+@pytest.fixture
+def tls_context_per_client() -> Iterator[None]:
+    """Undo ``one_tls_context`` for one test: each httpx client builds its own again, as before.
+
+    Only for a test whose callers' pace was set by that cost (test_reliability_shutdown: with
+    cheap clients its callers reconnect within the moment between the gateway answering its
+    queue at SIGTERM and uvicorn closing its listener, and are reset; see that test)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx_transports, "create_ssl_context", httpx.create_ssl_context)
+        yield
+
+
 @pytest.fixture
 def redis_prefix() -> str:
     """A key prefix of this test's own, so tests never share or clear each other's state."""
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
+STARTED_FIRST = ("test_apim_budget.py",)
+"""Files that wait out a real minute: run first, so that under ``make test`` (pytest-xdist,
+one test file per worker at a time) the other workers run the rest meanwhile."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in STARTED_FIRST)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _SKIP_REASON:
         for reason in dict.fromkeys(_SKIP_REASON):
             terminalreporter.write_line(f"!!! REDIS TESTS SKIPPED: {reason} !!!", red=True, bold=True)
+    if not tracing.available():
+        terminalreporter.write_line(
+            f"!!! TRACING TESTS SKIPPED: the otel extra is not installed ({tracing.EXTRA}) !!!",
+            red=True,
+            bold=True,
+        )
 
 
 def port_is_free(port: int) -> bool:

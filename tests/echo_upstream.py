@@ -2,7 +2,8 @@
 headers come back in the body, in passed-back headers, and (streamed) split across two chunks.
 
 ``python -m tests.echo_upstream --host H --port P``; the request's ``user`` field
-``echo-status-N`` picks the status (a body field: the gateway forwards no unknown header).
+``echo-status-N`` picks the status (a body field: the gateway forwards no unknown header), and
+``echo-headers:NAME=VALUE&...`` (URL-encoded) adds those headers to the answer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
 
 import uvicorn
 from starlette.applications import Starlette
@@ -34,6 +36,7 @@ async def chat(request: Request) -> Response:
     body = json.loads(await request.body())
     user = str(body.get("user") or "")
     status = int(user.removeprefix("echo-status-")) if user.startswith("echo-status-") else 200
+    extra = dict(parse_qsl(user.removeprefix("echo-headers:"))) if user.startswith("echo-headers:") else {}
     if body.get("stream") and status == 200:
         return StreamingResponse(_stream(request), media_type="text/event-stream", headers=_headers(request))
     payload = {
@@ -49,7 +52,7 @@ async def chat(request: Request) -> Response:
         payload = {
             "error": {"message": f"echo: {_echoed(request)}", "type": "x", "param": None, "code": None}
         }
-    return JSONResponse(payload, status_code=status, headers=_headers(request))
+    return JSONResponse(payload, status_code=status, headers=_headers(request) | extra)
 
 
 async def _stream(request: Request) -> AsyncIterator[bytes]:

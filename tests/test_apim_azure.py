@@ -19,16 +19,16 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import ResponseCompletedEvent
 
-from apim_server.accounting import Accounting
 from apim_server.budget import Budget, Deployment
 from apim_server.config import Settings
 from apim_server.config_file import from_settings
+from apim_server.following import Following
 from apim_server.metrics import Metrics
 from apim_server.upstream import Upstream, remaining_and_reset
 from ratelimit.embedded import EmbeddedStore
 from ratelimit.limits import Cost, Limits
 from tests.processes import Service, running
-from tests.test_apim_e2e import MESSAGES, MODEL, gateway, gateway_env, mock
+from tests.test_apim_e2e import MESSAGES, MODEL, gateway_env, mock, mock_and_gateway
 
 API_VERSION = "2024-10-21"
 GATEWAY_KEY = "gw-caller-key-0123"
@@ -90,19 +90,16 @@ def test_azure_remaining_zero_without_a_reset_is_not_reset_now() -> None:
         store = EmbeddedStore()
         budget = Budget(deployment, "m", Limits(rpm=600, tpm=TPM, short_window_s=1), store)
         decision = await budget.acquire(Cost(1, 10))
-        accounting = Accounting(False, Metrics())
+        following = Following([budget], store, Metrics())
         # Our view has room, the upstream's says 0 (someone else spends the key): pause.
-        await accounting.check_drift(budget, {"x-ratelimit-remaining-tokens": "0"}, decision)
+        following.observe(budget, {"x-ratelimit-remaining-tokens": "0"}, decision, "m")
         return budget.paused_for
 
     assert 0.5 < asyncio.run(scenario()) <= 1.0
 
 
 def test_the_azure_client_works_unchanged_against_the_gateway() -> None:
-    with (
-        mock() as upstream,
-        gateway(upstream, API_KEYS=GATEWAY_KEY) as gw,
-    ):
+    with mock_and_gateway({}, API_KEYS=GATEWAY_KEY) as (_upstream, gw):
         azure = azure_client(gw)
         raw = azure.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=8)
         assert raw.http_request.url.path == f"/openai/deployments/{MODEL}/chat/completions"

@@ -9,13 +9,22 @@ sub-windows.
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 
 import httpx
 
 from ratelimit.cost import CostEstimator
-from tests.processes import Service
-from tests.test_apim_e2e import MESSAGES, MODEL, Background, chat, gateway, mock, on_redis, wait_for
+from tests.processes import Service, running_all
+from tests.test_apim_e2e import (
+    MESSAGES,
+    MODEL,
+    Background,
+    chat,
+    gateway_spec,
+    mock_and_gateway,
+    mock_spec,
+    on_redis,
+    wait_for,
+)
 
 BUDGET = 20  # requests per window in both set-ups
 EXTRA = 10  # requests beyond it: they must wait for the window to free
@@ -35,15 +44,15 @@ def send(gw: Service) -> tuple[int, float]:
 def test_over_budget_burst_all_succeed_without_upstream_429(redis_url: str, redis_prefix: str) -> None:
     cost = CostEstimator().estimate({"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}).tokens
     tpm = str(BUDGET * cost)
-    with ExitStack() as stack:
-        # A: one gateway, embedded store, RPM binds.
-        mock_a = stack.enter_context(mock(RPM_LIMIT=str(BUDGET)))
-        gw_a = stack.enter_context(gateway(mock_a, RPM_LIMIT=str(BUDGET)))
-        # B: three gateways on one Redis budget, TPM binds.
-        mock_b = stack.enter_context(mock(TPM_LIMIT=tpm))
-        shared = on_redis(redis_url, redis_prefix)
-        gws_b = [stack.enter_context(gateway(mock_b, TPM_LIMIT=tpm, **shared)) for _ in range(3)]
-
+    # A: one gateway, embedded store, RPM binds. B: three gateways on one Redis budget, TPM binds.
+    spec_a, spec_b = mock_spec(RPM_LIMIT=str(BUDGET)), mock_spec(TPM_LIMIT=tpm)
+    shared = on_redis(redis_url, redis_prefix)
+    with running_all(
+        spec_a,
+        gateway_spec(spec_a, RPM_LIMIT=str(BUDGET)),
+        spec_b,
+        *(gateway_spec(spec_b, TPM_LIMIT=tpm, **shared) for _ in range(3)),
+    ) as (mock_a, gw_a, mock_b, *gws_b):
         started = time.monotonic()
         calls_a = [Background(lambda: send(gw_a)) for _ in range(BUDGET + EXTRA)]
         calls_b = [Background(lambda g=g: send(g)) for g in gws_b for _ in range((BUDGET + EXTRA) // 3)]
@@ -79,10 +88,8 @@ def test_over_budget_burst_all_succeed_without_upstream_429(redis_url: str, redi
 
 def test_sub_window_pacing_avoids_upstream_429() -> None:
     # Azure-style: RPM 600 enforced as 10 per second. Without pacing a burst of 40 gets 429s.
-    with (
-        mock(RPM_LIMIT="600", SHORT_WINDOW_S="1") as azure,
-        gateway(azure, RPM_LIMIT="600", SHORT_WINDOW_S="1") as gw,
-    ):
+    limits = {"RPM_LIMIT": "600", "SHORT_WINDOW_S": "1"}
+    with mock_and_gateway(limits, **limits) as (azure, gw):
         calls = [Background(lambda: chat(gw)) for _ in range(40)]
         assert [c.join().status_code for c in calls] == [200] * 40
         assert azure.status()["totals"]["rate_limited"] == 0

@@ -11,28 +11,24 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.processes import Service, free_port, running
-from tests.test_apim_e2e import MESSAGES, gateway_env, mock_env, wait_for
+from tests.processes import Service, Spec, free_port, running_all
+from tests.test_apim_e2e import MESSAGES, gateway_env, mock_spec, v1, wait_for
 
 SMALL, LARGE = "gpt-4o", "gpt-4o-mini"
 
 
-@contextmanager
-def mock_with(tmp_path: Path, models: dict[str, int], short: int = 1, **settings: str) -> Iterator[Service]:
-    """A mock whose listed models have these RPMs (paced over ``short`` s sub-windows, 0 = none)."""
+def mock_with(tmp_path: Path, models: dict[str, int], short: int = 1, **settings: str) -> Spec:
+    """A mock whose listed models have these RPMs (paced over ``short`` s sub-windows, 0 = none),
+    to start with ``running_all`` (its URL is ``v1(spec)`` before it starts)."""
     path = tmp_path / f"mock-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text("models:\n" + "".join(f"  {m}: {{rpm: {rpm}}}\n" for m, rpm in models.items()))
-    env = mock_env(CONFIG=str(path), SHORT_WINDOW_S=str(short), **settings)
-    with running("llm_mock_server", env=env) as service:
-        yield service
+    return mock_spec(CONFIG=str(path), SHORT_WINDOW_S=str(short), **settings)
 
 
 def config(tmp_path: Path, deployments: list[tuple[str, str, dict[str, int]]], short: int = 1) -> Path:
@@ -46,11 +42,9 @@ def config(tmp_path: Path, deployments: list[tuple[str, str, dict[str, int]]], s
     return path
 
 
-@contextmanager
-def gateway_with(path: Path, **settings: str) -> Iterator[Service]:
-    env = gateway_env("http://127.0.0.1:9/v1", CONFIG=str(path), **settings)
-    with running("apim_server", env=env) as service:
-        yield service
+def gateway_with(path: Path, **settings: str) -> Spec:
+    """A gateway whose deployments are in the file at ``path``, to start with ``running_all``."""
+    return Spec("apim_server", gateway_env("http://127.0.0.1:9/v1", CONFIG=str(path), **settings))
 
 
 class Calls:
@@ -93,32 +87,33 @@ def mock_totals(service: Service, model: str | None = None) -> dict[str, int]:
 
 def test_a_full_small_budget_never_delays_a_large_one(tmp_path: Path) -> None:
     # The small model admits 1 request per 1 s sub-window, the large one 10.
-    with mock_with(tmp_path, {SMALL: 60, LARGE: 600}) as upstream:
-        path = config(tmp_path, [("mock", upstream.v1, {SMALL: 60, LARGE: 600})])
-        with gateway_with(path) as gw:
-            calls = Calls(gw)
-            calls.start(SMALL, 8)  # ~8 sub-windows of queueing for the small model
-            wait_for(lambda: gw.status()["pools"][SMALL]["depth"] >= 5, what="the small model to queue")
-            calls.start(LARGE, 30)  # more than one sub-window of the large model's budget too
-            calls.join()
-            assert calls.errors == []
-            assert len(calls.order) == 38
-            last_large = max(i for i, m in enumerate(calls.order) if m == LARGE)
-            last_small = max(i for i, m in enumerate(calls.order) if m == SMALL)
-            assert last_large < last_small, "the large model's requests never waited behind the small one's"
-            totals = mock_totals(upstream)
-            assert totals["rate_limited"] == 0
-            assert totals["requests"] == 38
-            status = gw.status()
-            budgets = {b["model"]: b for b in status["budgets"]}
-            assert budgets[SMALL]["limits"]["rpm"]["limit"] == 60
-            assert budgets[LARGE]["limits"]["rpm"]["limit"] == 600
-            assert budgets[SMALL]["key"] != budgets[LARGE]["key"]
+    spec = mock_with(tmp_path, {SMALL: 60, LARGE: 600})
+    path = config(tmp_path, [("mock", v1(spec), {SMALL: 60, LARGE: 600})])
+    with running_all(spec, gateway_with(path)) as (upstream, gw):
+        calls = Calls(gw)
+        calls.start(SMALL, 8)  # ~8 sub-windows of queueing for the small model
+        wait_for(lambda: gw.status()["pools"][SMALL]["depth"] >= 5, what="the small model to queue")
+        calls.start(LARGE, 30)  # more than one sub-window of the large model's budget too
+        calls.join()
+        assert calls.errors == []
+        assert len(calls.order) == 38
+        last_large = max(i for i, m in enumerate(calls.order) if m == LARGE)
+        last_small = max(i for i, m in enumerate(calls.order) if m == SMALL)
+        assert last_large < last_small, "the large model's requests never waited behind the small one's"
+        totals = mock_totals(upstream)
+        assert totals["rate_limited"] == 0
+        assert totals["requests"] == 38
+        status = gw.status()
+        budgets = {b["model"]: b for b in status["budgets"]}
+        assert budgets[SMALL]["limits"]["rpm"]["limit"] == 60
+        assert budgets[LARGE]["limits"]["rpm"]["limit"] == 600
+        assert budgets[SMALL]["key"] != budgets[LARGE]["key"]
 
 
 def test_an_unknown_model_is_a_404_at_once_and_costs_nothing(tmp_path: Path) -> None:
-    with mock_with(tmp_path, {SMALL: 60}) as upstream, ExitStack() as stack:
-        gw = stack.enter_context(gateway_with(config(tmp_path, [("mock", upstream.v1, {SMALL: 60})])))
+    spec = mock_with(tmp_path, {SMALL: 60})
+    path = config(tmp_path, [("mock", v1(spec), {SMALL: 60})])
+    with running_all(spec, gateway_with(path)) as (upstream, gw):
         client = openai.OpenAI(base_url=gw.v1, api_key="sk-caller", max_retries=0)
         with pytest.raises(openai.NotFoundError) as caught:
             client.chat.completions.create(model="gpt-9", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
@@ -130,42 +125,41 @@ def test_an_unknown_model_is_a_404_at_once_and_costs_nothing(tmp_path: Path) -> 
 
 
 def test_one_model_on_two_deployments_uses_both(tmp_path: Path) -> None:
-    with mock_with(tmp_path, {SMALL: 60}) as a, mock_with(tmp_path, {SMALL: 60}) as b:
-        path = config(tmp_path, [("a", a.v1, {SMALL: 60}), ("b", b.v1, {SMALL: 60})])
-        with gateway_with(path) as gw:
-            calls = Calls(gw)
-            calls.start(SMALL, 8)  # twice what one deployment admits in the first sub-windows
-            calls.join()
-            assert calls.errors == []
-            ta, tb = mock_totals(a), mock_totals(b)
-            assert ta["rate_limited"] == tb["rate_limited"] == 0
-            assert ta["requests"] >= 2 and tb["requests"] >= 2, "both deployments served"
-            assert ta["requests"] + tb["requests"] == 8
-            assert gw.status()["pools"][SMALL]["members"] == ["a", "b"]
+    spec_a, spec_b = mock_with(tmp_path, {SMALL: 60}), mock_with(tmp_path, {SMALL: 60})
+    path = config(tmp_path, [("a", v1(spec_a), {SMALL: 60}), ("b", v1(spec_b), {SMALL: 60})])
+    with running_all(spec_a, spec_b, gateway_with(path)) as (a, b, gw):
+        calls = Calls(gw)
+        calls.start(SMALL, 8)  # twice what one deployment admits in the first sub-windows
+        calls.join()
+        assert calls.errors == []
+        ta, tb = mock_totals(a), mock_totals(b)
+        assert ta["rate_limited"] == tb["rate_limited"] == 0
+        assert ta["requests"] >= 2 and tb["requests"] >= 2, "both deployments served"
+        assert ta["requests"] + tb["requests"] == 8
+        assert gw.status()["pools"][SMALL]["members"] == ["a", "b"]
 
 
 def test_a_dead_deployment_from_the_start_fails_over_unseen(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    with mock_with(tmp_path, {SMALL: 600}) as b:
-        path = config(tmp_path, [("dead", dead, {SMALL: 600}), ("b", b.v1, {SMALL: 600})])
-        with gateway_with(path) as gw:
-            calls = Calls(gw)
-            calls.start(SMALL, 12)
-            calls.join()
-            assert calls.errors == []
-            assert mock_totals(b)["requests"] == 12
-            state = gw.status()["deployments"]["dead"]
-            assert state["state"] in ("out", "cooling")
-            assert state["reason"] and "Connect" in state["reason"]
-            assert gw.status()["deployments"]["b"]["state"] == "in"
+    spec = mock_with(tmp_path, {SMALL: 600})
+    path = config(tmp_path, [("dead", dead, {SMALL: 600}), ("b", v1(spec), {SMALL: 600})])
+    with running_all(spec, gateway_with(path)) as (b, gw):
+        calls = Calls(gw)
+        calls.start(SMALL, 12)
+        calls.join()
+        assert calls.errors == []
+        assert mock_totals(b)["requests"] == 12
+        state = gw.status()["deployments"]["dead"]
+        assert state["state"] in ("out", "cooling")
+        assert state["reason"] and "Connect" in state["reason"]
+        assert gw.status()["deployments"]["b"]["state"] == "in"
 
 
 def test_a_deployment_killed_mid_run_fails_over_unseen(tmp_path: Path) -> None:
-    with ExitStack() as stack:
-        a = stack.enter_context(mock_with(tmp_path, {SMALL: 600}, TTFT_MS="400"))
-        b = stack.enter_context(mock_with(tmp_path, {SMALL: 600}, TTFT_MS="400"))
-        path = config(tmp_path, [("a", a.v1, {SMALL: 600}), ("b", b.v1, {SMALL: 600})])
-        gw = stack.enter_context(gateway_with(path))
+    spec_a = mock_with(tmp_path, {SMALL: 600}, TTFT_MS="400")
+    spec_b = mock_with(tmp_path, {SMALL: 600}, TTFT_MS="400")
+    path = config(tmp_path, [("a", v1(spec_a), {SMALL: 600}), ("b", v1(spec_b), {SMALL: 600})])
+    with running_all(spec_a, spec_b, gateway_with(path)) as (a, b, gw):
         calls = Calls(gw)
         calls.start(SMALL, 30)
         wait_for(lambda: gw.status()["deployments"]["a"]["in_flight"] > 0, what="requests out on a")
@@ -180,43 +174,48 @@ def test_a_deployment_killed_mid_run_fails_over_unseen(tmp_path: Path) -> None:
 def test_three_gateways_with_one_file_share_every_budget_exactly(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    with mock_with(tmp_path, {SMALL: 6}, short=0) as upstream:
-        # No sub-window: 6 per minute, so whatever is over cannot fit before its deadline: a 429
-        # at once (the budget's record says when it would fit), never a wait for the 504.
-        path = config(tmp_path, [("mock", upstream.v1, {SMALL: 6})], short=0)
-        shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix, "QUEUE_TIMEOUT_S": "4"}
-        with ExitStack() as stack:
-            gws = [stack.enter_context(gateway_with(path, **shared)) for _ in range(3)]
-            results: list[int] = []
-            lock = threading.Lock()
+    # No sub-window: 6 per minute, so whatever is over cannot fit before its deadline: a 429
+    # at once (the budget's record says when it would fit), never a wait for the 504.
+    spec = mock_with(tmp_path, {SMALL: 6}, short=0)
+    path = config(tmp_path, [("mock", v1(spec), {SMALL: 6})], short=0)
+    shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix, "QUEUE_TIMEOUT_S": "4"}
+    with running_all(spec, *(gateway_with(path, **shared) for _ in range(3))) as (upstream, *gws):
+        results: list[int] = []
+        lock = threading.Lock()
 
-            def one(gw: Service) -> None:
-                body = {"model": SMALL, "messages": MESSAGES, "max_tokens": 8}
-                status = httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=30).status_code
-                with lock:
-                    results.append(status)
+        def one(gw: Service) -> None:
+            body = {"model": SMALL, "messages": MESSAGES, "max_tokens": 8}
+            status = httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=30).status_code
+            with lock:
+                results.append(status)
 
-            threads = [threading.Thread(target=one, args=(gws[i % 3],)) for i in range(9)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            assert sorted(results) == [200] * 6 + [429] * 3
-            assert mock_totals(upstream) == {"requests": 6, "ok": 6, "rate_limited": 0, "errors": 0}
-            keys = {gw.status()["budgets"][0]["key"] for gw in gws}
-            assert len(keys) == 1
-            assert gws[0].status()["limits"]["rpm"]["used"] == 6
+        threads = [threading.Thread(target=one, args=(gws[i % 3],)) for i in range(9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results) == [200] * 6 + [429] * 3
+        assert mock_totals(upstream) == {
+            "requests": 6,
+            "ok": 6,
+            "rate_limited": 0,
+            "capacity_rejected": 0,
+            "errors": 0,
+        }
+        keys = {gw.status()["budgets"][0]["key"] for gw in gws}
+        assert len(keys) == 1
+        assert gws[0].status()["limits"]["rpm"]["used"] == 6
 
 
 def test_a_tenant_above_its_max_priority_is_queued_lower_and_told_so(tmp_path: Path) -> None:
-    with mock_with(tmp_path, {SMALL: 600}) as upstream, ExitStack() as stack:
-        path = config(tmp_path, [("mock", upstream.v1, {SMALL: 600})])
-        tenants = [
-            "  - {name: capped, key: sk-capped, max_priority: normal}",
-            "  - {name: free, key: sk-free}",
-        ]
-        path.write_text(path.read_text() + "tenants:\n" + "\n".join(tenants) + "\n")
-        gw = stack.enter_context(gateway_with(path))
+    spec = mock_with(tmp_path, {SMALL: 600})
+    path = config(tmp_path, [("mock", v1(spec), {SMALL: 600})])
+    tenants = [
+        "  - {name: capped, key: sk-capped, max_priority: normal}",
+        "  - {name: free, key: sk-free}",
+    ]
+    path.write_text(path.read_text() + "tenants:\n" + "\n".join(tenants) + "\n")
+    with running_all(spec, gateway_with(path)) as (_upstream, gw):
         body = {"model": SMALL, "messages": MESSAGES, "max_tokens": 4}
 
         def asked_high(key: str) -> httpx.Response:

@@ -188,7 +188,12 @@ def test_a_tenant_asking_above_its_max_priority_is_lowered_to_it(tmp_path: Path)
         "tenants:\n  - {name: t, key: capped, max_priority: normal}\n  - {name: u, key: free}\n"
     )
     gw = Gateway(Settings(), store=EmbeddedStore(), plan=load(write(tmp_path, text), Settings(), {}))
-    caps = gw.priority_caps
-    assert caps.clamp(Priority.HIGH, {"authorization": "Bearer capped"}) is Priority.NORMAL
-    assert caps.clamp(Priority.LOW, {"authorization": "Bearer capped"}) is Priority.LOW
-    assert caps.clamp(Priority.HIGH, {"api-key": "free"}) is Priority.HIGH
+    tenants = gw.tenants
+    capped = tenants.identify({"authorization": "Bearer capped"})
+    free = tenants.identify({"api-key": "free"})
+    assert capped is not None and capped.name == "t"
+    assert free is not None and free.name == "u"
+    assert tenants.identify({"authorization": "Bearer stranger"}) is None
+    assert tenants.clamp(Priority.HIGH, capped) is Priority.NORMAL
+    assert tenants.clamp(Priority.LOW, capped) is Priority.LOW
+    assert tenants.clamp(Priority.HIGH, free) is Priority.HIGH

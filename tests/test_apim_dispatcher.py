@@ -15,20 +15,29 @@ import pytest
 from apim_server.budget import Budget, Deployment
 from apim_server.config_file import ANY_MODEL, DeploymentPlan
 from apim_server.dispatcher import Closed, Dispatcher, Wakeup
+from apim_server.flows import share_of
 from apim_server.queue import Priority, State, Ticket, TicketQueue
+from apim_server.tenants import Tenant
 from apim_server.upstream import Upstream
+from ratelimit import RedisStore, Store
 from ratelimit.cost import CostRule
 from ratelimit.embedded import EmbeddedStore
 from ratelimit.limits import Cost, Limits
 
 
-def budget(limits: Limits, concurrency: int = 10, name: str = "test", model: str = ANY_MODEL) -> Budget:
+def budget(
+    limits: Limits,
+    concurrency: int = 10,
+    name: str = "test",
+    model: str = ANY_MODEL,
+    store: Store | None = None,
+) -> Budget:
     """One budget on a deployment nobody sends to (the dispatcher never forwards)."""
     plan = DeploymentPlan(
         name, f"deployment:{name}", "http://127.0.0.1:9/v1", "", "openai", CostRule.SUM, concurrency, {}, {}
     )
     deployment = Deployment(plan, Upstream(plan.url, "", concurrency, 1.0), 1024)
-    return Budget(deployment, model, limits, EmbeddedStore())
+    return Budget(deployment, model, limits, store or EmbeddedStore())
 
 
 def make(limits: Limits, concurrency: int = 10, batch: int = 1, inline: bool = False) -> Dispatcher:
@@ -206,3 +215,43 @@ async def test_a_request_admits_itself_only_when_nothing_waits(running: list[Dis
     d.members[0].pause(10)
     d.cancel(big)
     assert await d.admit_now(small) is None, "paused"
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "on Redis"])
+async def test_a_request_put_back_is_charged_once_in_the_fair_order(
+    running: list[Dispatcher], request: pytest.FixtureRequest, shared: bool
+) -> None:
+    """Every request of tenant a meets an upstream 429 once and is put back; b's never do. a's
+    share comes back with each put-back, so both are served alike (charged twice, a would get
+    about a third)."""
+    store: Store = EmbeddedStore()
+    if shared:
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        store = RedisStore.from_url(url, prefix=prefix)
+    member = budget(Limits(rpm=6000), concurrency=1, store=store)
+    d = start(Dispatcher([member], TicketQueue(100), instance="one" if shared else None), running)
+    a, b = Tenant("a", 1.0, Priority.HIGH), Tenant("b", 1.0, Priority.HIGH)
+    share = share_of(1, 0, 6000, 0, 1.0)
+    waiting = [Ticket(Priority.NORMAL, Cost(1, 0), who, share) for who in (a, b) for _ in range(12)]
+    for ticket in waiting:
+        d.submit(ticket)
+    served: list[str] = []
+    put_back: set[Ticket] = set()
+    while len(served) < 16:
+        futures = {t.future: t for t in waiting if t.future is not None and t.state is not State.OUT}
+        done, _ = await asyncio.wait(futures, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert done, "nothing granted"
+        for future in done:
+            ticket, grant = futures[future], future.result()  # type: ignore[index]
+            grant.release()
+            ticket.state = State.OUT  # answered, or about to be put back with a new future
+            if ticket.tenant is a and ticket not in put_back:
+                put_back.add(ticket)
+                await d.unserved(grant)
+                d.requeue(ticket)
+            else:
+                assert ticket.tenant is not None
+                served.append(ticket.tenant.name)
+    assert abs(served.count("a") - served.count("b")) <= 1, served
+    if shared:
+        await store.close()

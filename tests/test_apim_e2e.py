@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from tests.processes import Service, free_port, running
+from tests.processes import Service, Spec, free_port, running, running_all
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Say hello through the gateway."}]
@@ -54,6 +54,29 @@ def gateway(upstream: Service | str, **settings: str) -> Iterator[Service]:
     url = upstream.v1 if isinstance(upstream, Service) else upstream
     with running("apim_server", env=gateway_env(url, **settings)) as service:
         yield service
+
+
+def mock_spec(**settings: str) -> Spec:
+    """A mock to start with ``running_all``, on a port chosen now so that a gateway started
+    beside it can be given its URL (``v1(spec)``)."""
+    return Spec("llm_mock_server", mock_env(**settings), port=free_port())
+
+
+def gateway_spec(upstream: Spec | str, **settings: str) -> Spec:
+    url = v1(upstream) if isinstance(upstream, Spec) else upstream
+    return Spec("apim_server", gateway_env(url, **settings))
+
+
+def v1(spec: Spec) -> str:
+    return f"http://127.0.0.1:{spec.port}/v1"
+
+
+@contextmanager
+def mock_and_gateway(mock_settings: dict[str, str], **settings: str) -> Iterator[tuple[Service, Service]]:
+    """A mock with ``mock_settings`` and a gateway in front of it, started side by side."""
+    upstream = mock_spec(**mock_settings)
+    with running_all(upstream, gateway_spec(upstream, **settings)) as (mock_service, gateway_service):
+        yield mock_service, gateway_service
 
 
 def on_redis(redis_url: str, prefix: str) -> dict[str, str]:
@@ -116,22 +139,26 @@ class Background:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Service]:
-    with mock(TPM_LIMIT="1000000", RPM_LIMIT="100000", API_KEYS="sk-caller,sk-other") as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def gw(upstream: Service, redis_url: str) -> Iterator[Service]:
+def mock_and_gw(redis_url: str) -> Iterator[tuple[Service, Service]]:
     prefix = f"test-apim-{uuid.uuid4().hex[:12]}"
-    with gateway(
-        upstream,
+    with mock_and_gateway(
+        {"TPM_LIMIT": "1000000", "RPM_LIMIT": "100000", "API_KEYS": "sk-caller,sk-other"},
         TPM_LIMIT="1000000",
         RPM_LIMIT="100000",
         MAX_BODY_BYTES="100000",
         **on_redis(redis_url, prefix),
-    ) as service:
-        yield service
+    ) as both:
+        yield both
+
+
+@pytest.fixture(scope="module")
+def upstream(mock_and_gw: tuple[Service, Service]) -> Service:
+    return mock_and_gw[0]
+
+
+@pytest.fixture(scope="module")
+def gw(mock_and_gw: tuple[Service, Service]) -> Service:
+    return mock_and_gw[1]
 
 
 def test_plain_completion_through_the_gateway(gw: Service) -> None:
@@ -422,7 +449,7 @@ def test_priority_classes_are_served_in_order(plain_upstream: Service) -> None:
 def test_upstream_429_is_absorbed_and_requeued() -> None:
     # The mock paces 60 RPM over 1 s sub-windows; this gateway is not told about any limit,
     # so the mock answers 429s that the gateway must absorb.
-    with mock(RPM_LIMIT="60", SHORT_WINDOW_S="1") as strict, gateway(strict) as gw:
+    with mock_and_gateway({"RPM_LIMIT": "60", "SHORT_WINDOW_S": "1"}) as (strict, gw):
         calls = [
             Background(lambda: client(gw).chat.completions.create(model=MODEL, messages=MESSAGES))
             for _ in range(4)
@@ -464,10 +491,12 @@ def test_upstream_500_is_retried_then_passed_on(plain_upstream: Service) -> None
 
 
 def test_random_503s_are_retried_until_they_succeed(redis_url: str, redis_prefix: str) -> None:
-    with (
-        mock(FAULT_503_RATE="0.3", SEED="7") as flaky,
-        gateway(flaky, UPSTREAM_RETRIES="8", RPM_LIMIT="1000", **on_redis(redis_url, redis_prefix)) as gw,
-    ):
+    with mock_and_gateway(
+        {"FAULT_503_RATE": "0.3", "SEED": "7"},
+        UPSTREAM_RETRIES="8",
+        RPM_LIMIT="1000",
+        **on_redis(redis_url, redis_prefix),
+    ) as (flaky, gw):
         calls = [Background(lambda: chat(gw)) for _ in range(10)]
         assert [c.join().status_code for c in calls] == [200] * 10
         upstream_totals = flaky.status()["totals"]
@@ -487,24 +516,37 @@ def test_unreachable_upstream_is_502_after_retries() -> None:
         assert ready.json()["upstream"] is False
 
 
-def test_drift_pauses_when_the_upstream_has_less_left_than_we_think() -> None:
-    with mock(RPM_LIMIT="10") as shared, gateway(shared, RPM_LIMIT="10") as gw:
+def test_drift_is_followed_when_the_upstream_has_less_left_than_we_think() -> None:
+    with mock_and_gateway({"RPM_LIMIT": "10"}, RPM_LIMIT="10") as (shared, gw):
         for _ in range(8):  # another client of the same upstream
             assert chat(shared).status_code == 200
+        first = chat(gw)
+        assert first.status_code == 200
+        assert first.headers["x-ratelimit-remaining-requests"] == "1"
+        # The budget follows what the upstream leaves: 1 more now, where our record had 9.
+        status = gw.status()
+        assert status["limits"]["rpm"] == status["limits"]["rpm"] | {"limit": 2, "used": 1, "remaining": 1}
+        assert status["budgets"][0]["following"]["limits"]["rpm"]["reason"] == "room"
+        assert metric(gw, "apim_budget_drift", limit="requests") == -8
         assert chat(gw).status_code == 200
-        assert gw.status()["paused_s"] == 0
+        refused = chat(gw, headers={"x-apim-timeout-ms": "1000"})
+        assert refused.status_code == 429, "refused by the gateway: the upstream has nothing left"
+        assert shared.status()["totals"]["rate_limited"] == 0
+
+
+def test_the_upstream_saying_0_left_while_we_count_room_pauses_until_its_reset() -> None:
+    with mock_and_gateway({"RPM_LIMIT": "10"}, RPM_LIMIT="10") as (shared, gw):
+        for _ in range(9):  # another client leaves exactly one request
+            assert chat(shared).status_code == 200
         last = chat(gw)
         assert last.status_code == 200
         assert last.headers["x-ratelimit-remaining-requests"] == "0"
-        status = gw.status()
-        assert status["limits"]["rpm"]["remaining"] == 8
-        assert status["paused_s"] > 0, "paused until the upstream's reset"
+        assert gw.status()["paused_s"] > 0, "paused until the upstream's reset"
         assert metric(gw, "apim_drift_pauses_total") == 1
-        assert metric(gw, "apim_budget_drift", limit="requests") == -8
 
 
 def test_no_pause_when_our_own_view_is_also_exhausted() -> None:
-    with mock(RPM_LIMIT="3") as exact, gateway(exact, RPM_LIMIT="3") as gw:
+    with mock_and_gateway({"RPM_LIMIT": "3"}, RPM_LIMIT="3") as (_exact, gw):
         for _ in range(3):
             assert chat(gw).status_code == 200
         status = gw.status()
@@ -521,9 +563,11 @@ def test_usage_above_the_estimate_is_charged_like_the_upstream_does() -> None:
     # both sides charge the excess once the usage is known, so their views stay equal.
     # Single digits are about one token per two characters: far above the chars/4 estimate.
     prompt = [{"role": "user", "content": " ".join(str(i % 10) for i in range(400))}]
-    with (
-        mock(TPM_LIMIT="100000", COST_RULE="max") as upstream,
-        gateway(upstream, TPM_LIMIT="100000", COST_RULE="max") as gw,
+    with mock_and_gateway(
+        {"TPM_LIMIT": "100000", "COST_RULE": "max"}, TPM_LIMIT="100000", COST_RULE="max"
+    ) as (
+        upstream,
+        gw,
     ):
         plain = chat(gw, messages=prompt, max_tokens=40)
         assert plain.status_code == 200
@@ -539,10 +583,9 @@ def test_usage_above_the_estimate_is_charged_like_the_upstream_does() -> None:
 
 
 def test_refund_mode_returns_the_unused_estimate() -> None:
-    with (
-        mock(TPM_LIMIT="100000", REFUND_UNUSED="true") as upstream,
-        gateway(upstream, TPM_LIMIT="100000", REFUND_UNUSED="true") as gw,
-    ):
+    with mock_and_gateway(
+        {"TPM_LIMIT": "100000", "REFUND_UNUSED": "true"}, TPM_LIMIT="100000", REFUND_UNUSED="true"
+    ) as (upstream, gw):
         reply = client(gw).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=500)
         assert reply.usage is not None
         assert reply.usage.total_tokens < 500
@@ -552,7 +595,7 @@ def test_refund_mode_returns_the_unused_estimate() -> None:
 
 
 def test_without_refund_mode_the_estimate_stays_charged() -> None:
-    with mock(TPM_LIMIT="100000") as upstream, gateway(upstream, TPM_LIMIT="100000") as gw:
+    with mock_and_gateway({"TPM_LIMIT": "100000"}, TPM_LIMIT="100000") as (upstream, gw):
         reply = client(gw).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=500)
         assert reply.usage is not None
         used = gw.status()["limits"]["tpm"]["used"]

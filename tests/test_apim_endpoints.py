@@ -27,7 +27,7 @@ from openai.types.responses import (
 )
 
 from tests.processes import Service, running
-from tests.test_apim_e2e import MESSAGES, MODEL, client, gateway, gateway_env, mock
+from tests.test_apim_e2e import MESSAGES, MODEL, client, gateway_env, mock, mock_and_gateway
 
 EMBEDDING = "text-embedding-3-small"
 TPM = 1_000_000
@@ -46,11 +46,9 @@ RESPONSE_EVENTS = [
 
 @pytest.fixture(scope="module")
 def services() -> Iterator[tuple[Service, Service]]:
-    with (
-        mock(TPM_LIMIT=str(TPM), RPM_LIMIT="1000") as upstream,
-        gateway(upstream, TPM_LIMIT=str(TPM), RPM_LIMIT="1000") as gw,
-    ):
-        yield upstream, gw
+    limits = {"TPM_LIMIT": str(TPM), "RPM_LIMIT": "1000"}
+    with mock_and_gateway(limits, **limits) as both:
+        yield both
 
 
 @pytest.fixture

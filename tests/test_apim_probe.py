@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import httpx
 
-from tests.test_apim_e2e import Background, chat, gateway, mock, wait_for
+from tests.test_apim_e2e import Background, chat, mock_and_gateway, wait_for
 
 
 def test_readyz_is_200_while_every_forwarding_slot_is_taken() -> None:
-    with (
-        mock(ADMIN="true", FAULT_SLOW_MS="4000") as upstream,
-        gateway(upstream, MAX_CONCURRENCY="1", UPSTREAM_TIMEOUT_S="30") as gw,
-    ):
+    with mock_and_gateway(
+        {"ADMIN": "true", "FAULT_SLOW_MS": "4000"}, MAX_CONCURRENCY="1", UPSTREAM_TIMEOUT_S="30"
+    ) as (_upstream, gw):
         slow = Background(lambda: chat(gw, headers={"x-mock-fault": "slow"}))
         wait_for(lambda: gw.status()["queue"]["in_flight"] == 1, what="the one slot taken")
         # The first /readyz of this gateway: nothing cached, the probe runs while the slot is held.

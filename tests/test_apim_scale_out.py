@@ -14,8 +14,16 @@ import uuid
 import httpx
 
 from apim_server.gateway import budget_key
-from tests.processes import Service
-from tests.test_apim_e2e import Background, chat, gateway, mock, on_redis, wait_for
+from tests.processes import Service, running_all
+from tests.test_apim_e2e import (
+    Background,
+    chat,
+    gateway_spec,
+    mock_and_gateway,
+    mock_spec,
+    on_redis,
+    wait_for,
+)
 from tests.topologies import Cluster, Sentinels, wait_until
 
 BUDGET = 12
@@ -34,11 +42,12 @@ def test_two_gateways_on_different_nodes_share_one_budget_exactly(redis_cluster:
     gw_prefix, mock_prefix = f"scale-{uuid.uuid4().hex[:8]}", f"scale-mock-{uuid.uuid4().hex[:8]}"
     shared = {"RPM_LIMIT": str(BUDGET), "QUEUE_TIMEOUT_S": "3"}
     # The mock keeps its limits on the Cluster too, reached through yet another node.
-    with (
-        mock(RPM_LIMIT=str(BUDGET), **on_redis(redis_cluster.url(2), mock_prefix)) as upstream,
-        gateway(upstream, **shared, **on_redis(redis_cluster.url(0), gw_prefix)) as gw_a,
-        gateway(upstream, **shared, **on_redis(redis_cluster.url(4), gw_prefix)) as gw_b,
-    ):
+    spec = mock_spec(RPM_LIMIT=str(BUDGET), **on_redis(redis_cluster.url(2), mock_prefix))
+    with running_all(
+        spec,
+        gateway_spec(spec, **shared, **on_redis(redis_cluster.url(0), gw_prefix)),
+        gateway_spec(spec, **shared, **on_redis(redis_cluster.url(4), gw_prefix)),
+    ) as (upstream, gw_a, gw_b):
         assert ready(upstream) == ready(gw_a) == ready(gw_b) == 200
         # Twice the budget at once: exactly one budget's worth goes through; the rest cannot fit
         # before their short deadline and are told so at once (429), rather than at a 504.
@@ -64,9 +73,9 @@ def test_killing_the_budgets_master_under_load_loses_nothing(redis_cluster: Clus
     limits = {"RPM_LIMIT": "600", "SHORT_WINDOW_S": "1"}
     waits = {"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_MS": "200"}
     threads, per_thread = 6, 8
-    with (
-        mock(**limits) as upstream,
-        gateway(upstream, **limits, **waits, **on_redis(redis_cluster.url(1), prefix)) as gw,
+    with mock_and_gateway(limits, **limits, **waits, **on_redis(redis_cluster.url(1), prefix)) as (
+        upstream,
+        gw,
     ):
         owner = redis_cluster.owner(budget_slot_key(prefix, upstream))
         replica = redis_cluster.replica_of(owner)
@@ -111,13 +120,12 @@ def test_gateway_on_sentinel_follows_a_failover_and_is_not_ready_on_a_replica(
 ) -> None:
     prefix = f"sentinel-{uuid.uuid4().hex[:8]}"
     replica = redis_sentinels.other(redis_sentinels.current_master())
-    with (
-        mock() as upstream,
-        gateway(upstream, RPM_LIMIT="100", **on_redis(redis_sentinels.url(), prefix)) as gw,
-        gateway(
-            upstream, RPM_LIMIT="100", QUEUE_TIMEOUT_S="1.5", **on_redis(replica.url, prefix)
-        ) as on_replica,
-    ):
+    spec = mock_spec()
+    with running_all(
+        spec,
+        gateway_spec(spec, RPM_LIMIT="100", **on_redis(redis_sentinels.url(), prefix)),
+        gateway_spec(spec, RPM_LIMIT="100", QUEUE_TIMEOUT_S="1.5", **on_redis(replica.url, prefix)),
+    ) as (upstream, gw, on_replica):
         assert ready(gw) == 200
         assert [chat(gw).status_code for _ in range(3)] == [200] * 3
         assert gw.status()["limits"]["rpm"]["used"] == 3
@@ -135,7 +143,8 @@ def test_gateway_on_sentinel_follows_a_failover_and_is_not_ready_on_a_replica(
             old.kill()
             calls = [Background(lambda: chat(gw)) for _ in range(5)]
             assert [c.join(timeout=60).status_code for c in calls] == [200] * 5
-            assert redis_sentinels.current_master() is not old
+            # The sentinel asked here may learn of the promotion after the one the gateway asked.
+            wait_until(lambda: redis_sentinels.current_master() is not old, "the promotion", timeout=30)
             assert gw.status()["limits"]["rpm"]["used"] == 8
             assert upstream.status()["totals"]["requests"] == 8
             wait_for(lambda: ready(gw) == 200, timeout=10, what="the gateway to be ready again")

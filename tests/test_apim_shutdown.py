@@ -6,11 +6,11 @@ import signal
 
 import httpx
 
-from tests.test_apim_e2e import Background, chat, gateway, mock, wait_for
+from tests.test_apim_e2e import Background, chat, mock_and_gateway, wait_for
 
 
 def test_sigterm_answers_the_queued_and_lets_the_in_flight_finish() -> None:
-    with mock(TTFT_MS="3000") as slow, gateway(slow, RPM_LIMIT="2", SHUTDOWN_TIMEOUT_S="20") as gw:
+    with mock_and_gateway({"TTFT_MS": "3000"}, RPM_LIMIT="2", SHUTDOWN_TIMEOUT_S="20") as (_slow, gw):
         in_flight = [Background(lambda: chat(gw)) for _ in range(2)]
         wait_for(lambda: gw.status()["queue"]["in_flight"] == 2, what="two requests in flight")
         queued = [Background(lambda: chat(gw)) for _ in range(2)]

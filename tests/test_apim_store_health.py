@@ -15,7 +15,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.test_apim_e2e import chat, gateway, mock, wait_for
+from tests.test_apim_e2e import chat, mock_and_gateway, wait_for
 from tests.test_reliability_redis_outage import PrivateRedis, ready
 
 
@@ -28,7 +28,7 @@ def test_a_redis_restarted_empty_holds_once_and_tells_the_truth() -> None:
     try:
         limits = {"RPM_LIMIT": "100", "TPM_LIMIT": "100000"}
         on_redis = {"REDIS_URL": server.url, "REDIS_PREFIX": f"health-{uuid.uuid4().hex[:8]}"}
-        with mock(**limits) as upstream, gateway(upstream, QUEUE_TIMEOUT_S="3", **on_redis, **limits) as gw:
+        with mock_and_gateway(limits, QUEUE_TIMEOUT_S="3", **on_redis, **limits) as (upstream, gw):
             assert chat(gw).status_code == 200
             server.stop()
             wait_for(lambda: gw.status()["store_unreachable_s"] is not None, what="the outage noticed")

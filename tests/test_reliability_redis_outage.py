@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from tests.processes import Service, free_port
-from tests.test_apim_e2e import Background, chat, gateway, mock, wait_for
+from tests.test_apim_e2e import Background, chat, mock, mock_and_gateway, wait_for
 from tests.test_security_gateway import logged_gateway
 
 
@@ -101,17 +101,14 @@ def private_redis() -> Iterator[PrivateRedis]:
 @contextmanager
 def stack(server: PrivateRedis, **limits: str) -> Iterator[tuple[Service, Service]]:
     """A slow mock and a gateway on ``server`` with the same limits."""
-    with (
-        mock(TTFT_MS="1500", **limits) as upstream,
-        gateway(
-            upstream,
-            REDIS_URL=server.url,
-            REDIS_PREFIX=f"outage-{uuid.uuid4().hex[:8]}",
-            MAX_CONCURRENCY="2",
-            QUEUE_TIMEOUT_S="60",
-            **limits,
-        ) as gw,
-    ):
+    with mock_and_gateway(
+        {"TTFT_MS": "1500", **limits},
+        REDIS_URL=server.url,
+        REDIS_PREFIX=f"outage-{uuid.uuid4().hex[:8]}",
+        MAX_CONCURRENCY="2",
+        QUEUE_TIMEOUT_S="60",
+        **limits,
+    ) as (upstream, gw):
         yield upstream, gw
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from apim_server.app import create_app
 from apim_server.config import Settings
 from tests.processes import Service
-from tests.test_apim_e2e import UNLIMITED, gateway, mock
+from tests.test_apim_e2e import UNLIMITED, mock_and_gateway
 
 EXAMPLES = 60
 DERANDOMIZE = os.environ.get("SCHEMA_FUZZ_RANDOM") != "1"
@@ -50,7 +50,7 @@ def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrat
 
 @pytest.fixture(scope="module")
 def gateway_service() -> Iterator[Service]:
-    with mock() as upstream, gateway(upstream, **SETTINGS) as service:
+    with mock_and_gateway({}, **SETTINGS) as (_upstream, service):
         yield service
 
 

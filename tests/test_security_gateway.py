@@ -54,19 +54,36 @@ def logged_gateway(upstream: Service | str, log: Path, **settings: str) -> Itera
             service.stop()
 
 
+@pytest.fixture(scope="module")
+def plain_upstream() -> Iterator[Service]:
+    """An open mock shared by this module's tests: each counts what reaches it as a difference."""
+    with mock() as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def keyed_upstream() -> Iterator[Service]:
+    """A mock that knows one key only (``sk-the-real-one``), shared by this module's tests."""
+    with mock(API_KEYS="sk-the-real-one") as service:
+        yield service
+
+
+def requests_seen(upstream: Service) -> int:
+    return upstream.status()["totals"]["requests"]
+
+
 # --- the upstream key never shows ---------------------------------------------------------------
 
 
-def test_the_upstream_key_is_never_logged_echoed_or_returned(tmp_path: Path) -> None:
+def test_the_upstream_key_is_never_logged_echoed_or_returned(tmp_path: Path, keyed_upstream: Service) -> None:
     core = uuid.uuid4().hex
     secret = f"sk-canary-{core}"
     seen: list[str] = []
     log = tmp_path / "gateway.log"
     # The mock knows another key only: every forwarded request is refused with the mock's 401.
-    with (
-        mock(API_KEYS="sk-the-real-one") as upstream,
-        logged_gateway(upstream, log, UPSTREAM_API_KEY=secret, LOG_LEVEL="debug", LOG_REQUESTS="true") as gw,
-    ):
+    with logged_gateway(
+        keyed_upstream, log, UPSTREAM_API_KEY=secret, LOG_LEVEL="debug", LOG_REQUESTS="true"
+    ) as gw:
 
         def record(response: httpx.Response) -> httpx.Response:
             seen.append(response.text)
@@ -91,13 +108,12 @@ def test_the_upstream_key_is_never_logged_echoed_or_returned(tmp_path: Path) -> 
     assert secret not in text
 
 
-def test_an_upstream_refusing_the_gateways_key_is_a_gateway_error(tmp_path: Path) -> None:
+def test_an_upstream_refusing_the_gateways_key_is_a_gateway_error(
+    tmp_path: Path, keyed_upstream: Service
+) -> None:
     """The caller cannot fix the gateway's credentials: it gets a 502 naming the gateway's problem,
     not the upstream's 401 (which would echo part of the key)."""
-    with (
-        mock(API_KEYS="sk-the-real-one") as upstream,
-        logged_gateway(upstream, tmp_path / "log", UPSTREAM_API_KEY="sk-wrong-gateway-key-0000") as gw,
-    ):
+    with logged_gateway(keyed_upstream, tmp_path / "log", UPSTREAM_API_KEY="sk-wrong-gateway-key-0000") as gw:
         response = chat(gw)
         assert response.status_code == 502
         error = response.json()["error"]
@@ -108,11 +124,10 @@ def test_an_upstream_refusing_the_gateways_key_is_a_gateway_error(tmp_path: Path
 # --- callers' keys ------------------------------------------------------------------------------------
 
 
-def test_callers_need_one_of_the_configured_keys(tmp_path: Path) -> None:
-    with (
-        mock() as upstream,
-        logged_gateway(upstream, tmp_path / "log", API_KEYS="gk-alpha-1111,gk-bravo-2222") as gw,
-    ):
+def test_callers_need_one_of_the_configured_keys(tmp_path: Path, plain_upstream: Service) -> None:
+    upstream = plain_upstream
+    with logged_gateway(upstream, tmp_path / "log", API_KEYS="gk-alpha-1111,gk-bravo-2222") as gw:
+        before = requests_seen(upstream)
         for headers in ({}, {"authorization": "Bearer gk-wrong"}, {"authorization": "gk-alpha-1111"}):
             response = chat(gw, headers=headers)
             assert response.status_code == 401, headers
@@ -120,7 +135,7 @@ def test_callers_need_one_of_the_configured_keys(tmp_path: Path) -> None:
             assert set(error) == {"message", "type", "param", "code"}
             assert error["code"] == "invalid_api_key"
             assert "gk-alpha-1111" not in response.text
-        assert upstream.status()["totals"]["requests"] == 0, "refused callers never reach the upstream"
+        assert requests_seen(upstream) == before, "refused callers never reach the upstream"
         for key in ("gk-alpha-1111", "gk-bravo-2222"):
             reply = openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0).chat.completions.create(
                 model=MODEL, messages=MESSAGES, max_tokens=4
@@ -142,9 +157,9 @@ def test_the_callers_gateway_key_is_not_forwarded_upstream(tmp_path: Path) -> No
         assert chat(gw, headers={"authorization": "Bearer gk-alpha-1111"}).status_code == 200
 
 
-def test_open_gateway_warns_at_start(tmp_path: Path) -> None:
+def test_open_gateway_warns_at_start(tmp_path: Path, plain_upstream: Service) -> None:
     log = tmp_path / "log"
-    with mock() as upstream, logged_gateway(upstream, log) as gw:
+    with logged_gateway(plain_upstream, log) as gw:
         assert chat(gw).status_code == 200
     assert "APIM_API_KEYS" in log.read_text()
 
@@ -178,8 +193,13 @@ def test_every_configured_key_is_compared_in_constant_time(monkeypatch: pytest.M
 # --- only settings name the upstream ---------------------------------------------------------------
 
 
-def test_no_header_or_body_field_redirects_the_gateway() -> None:
-    with mock() as real, mock() as other, gateway(real) as gw:
+def test_no_header_or_body_field_redirects_the_gateway(
+    plain_upstream: Service, keyed_upstream: Service
+) -> None:
+    # Any request reaching ``other`` counts there, refused (a key it does not know) or not.
+    real, other = plain_upstream, keyed_upstream
+    with gateway(real) as gw:
+        real_before, other_before = requests_seen(real), requests_seen(other)
         evil = other.url
         host = evil.removeprefix("http://")
         attempts = [
@@ -204,5 +224,5 @@ def test_no_header_or_body_field_redirects_the_gateway() -> None:
             while chunk := sock.recv(65536):
                 reply += chunk
         assert reply.split(b" ", 2)[1] in (b"200", b"400", b"404"), reply[:100]
-        assert other.status()["totals"]["requests"] == 0
-        assert real.status()["totals"]["requests"] >= len(attempts)
+        assert requests_seen(other) == other_before
+        assert requests_seen(real) - real_before >= len(attempts)

@@ -18,7 +18,7 @@ from apim_server.redaction import MASK, Redactor
 from monitor.client import StatusClient
 from serving.urls import redacted
 from tests.processes import Service, running
-from tests.test_apim_e2e import MESSAGES, MODEL, chat, gateway, mock
+from tests.test_apim_e2e import MESSAGES, MODEL, chat, gateway, mock, mock_and_gateway
 
 SECRET = f"sk-upstream-{uuid.uuid4().hex}"
 
@@ -117,7 +117,7 @@ def test_status_shows_the_upstream_url_without_its_password(echo: Service) -> No
 
 def test_status_and_metrics_need_the_operator_key() -> None:
     key = f"op-{uuid.uuid4().hex}"
-    with mock(OPERATOR_KEY=key) as upstream, gateway(upstream, OPERATOR_KEY=key) as gw:
+    with mock_and_gateway({"OPERATOR_KEY": key}, OPERATOR_KEY=key) as (upstream, gw):
         for target in (upstream, gw):
             for path in ("/status", "/metrics"):
                 for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": key}):

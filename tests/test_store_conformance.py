@@ -17,6 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ratelimit import Cost, Decision, EmbeddedStore, Limits, Policy, RedisStore, Store
+from ratelimit.fair_share import HOLD_MS, RETRY_MS, SLACK_MS, Ask
 from ratelimit.redis_store import SCRIPT
 from ratelimit.store import TRIM_MAX, args, decode, wire
 from tests.processes import private_redis
@@ -540,6 +541,211 @@ async def test_a_refunded_budget_is_fully_usable(store: Store, clock: ManualCloc
     await store.refund(KEY, pol, 600, first.now_ms)
     assert (await store.acquire(KEY, pol, Cost(1, 600))).allowed
     assert not (await store.acquire(KEY, pol, Cost(1, 1))).allowed
+
+
+async def test_an_admission_given_back_whole_frees_its_request_and_tokens(
+    store: Store, clock: ManualClock
+) -> None:
+    """What a two-step admission needs when its second step says no: the first step's request and
+    tokens come back, in the window and in the day, and nothing else changes."""
+    pol = policy(rpm=2, tpm=100, rpd=3)
+    first = await store.acquire(KEY, pol, Cost(1, 60))
+    assert (await store.acquire(KEY, pol, Cost(1, 40))).allowed
+    assert not (await store.acquire(KEY, pol, Cost(1, 1))).allowed
+    back = await store.refund(KEY, pol, 60, first.now_ms, requests=1)
+    assert back.state("requests/minute").used == 1
+    assert back.state("tokens/minute").used == 40
+    assert back.state("requests/day").used == 1
+    assert (await store.acquire(KEY, pol, Cost(1, 60))).allowed, "exactly its place again"
+    assert not (await store.acquire(KEY, pol, Cost(1, 0))).allowed, "and no more"
+    # The returned request leaves the window with its admission: the budget is whole after it.
+    clock.advance(MINUTE)
+    after = await store.peek(KEY, pol)
+    assert after.state("requests/minute").used == 0
+    assert after.state("tokens/minute").used == 0
+    assert after.state("requests/day").used == 2
+
+
+# --- fair shares across instances (ratelimit.fair_share) ---------------------------------------
+
+
+def ask(
+    tenant: str,
+    priority: int,
+    instance: str,
+    share: int = 100,
+    rest: int = -1,
+    others: tuple[tuple[int, str], ...] = (),
+    own: bool = True,
+) -> Ask:
+    return Ask(tenant, priority, share, instance, rest, others, own)
+
+
+async def test_an_admission_yields_to_another_instances_better_class(
+    store: Store, clock: ManualClock
+) -> None:
+    pol = policy(tpm=100)
+    assert (await store.acquire(KEY, pol, Cost(1, 60))).allowed
+    # Instance two's high head does not fit yet: it is registered as waiting.
+    big = await store.acquire(KEY, pol, Cost(1, 50), ask("b", 0, "two"))
+    assert not big.allowed and not big.yielded
+    # Instance one's normal request fits the limits, but yields to it, and consumes nothing.
+    small = await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))
+    assert not small.allowed and small.yielded
+    assert small.binding is None, "no limit binds: a yield"
+    assert 0 < small.wait_ms <= HOLD_MS
+    assert small.state("tokens/minute").used == 60
+    # An instance's own entry is replaced by what it asks with, never held against it.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "two"))).allowed
+    # A high request of another tenant, level with b, is not behind it.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("c", 0, "one"))).allowed
+
+
+async def test_within_a_class_the_tenant_served_least_goes_first(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000)
+    for _ in range(3):
+        done = await store.acquire(KEY, pol, Cost(1, 100), ask("a", 1, "one", share=100))
+        assert done.allowed
+    assert (done.finish, done.vtime) == (300, 200)
+    assert not (await store.acquire(KEY, pol, Cost(1, 800), ask("b", 1, "two"))).allowed  # fits not
+    # b (start 200) is ahead of a (start 300): a yields; c (start 200, level with b) does not.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))).yielded
+    level = await store.acquire(KEY, pol, Cost(1, 10), ask("c", 1, "one", share=50))
+    assert level.allowed and (level.finish, level.vtime) == (250, 200)
+    # A lower class yields to b whatever its tenant has had.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("d", 2, "one"))).yielded
+
+
+async def test_every_waiting_tenant_of_an_instance_counts_not_only_its_head(
+    store: Store, clock: ManualClock
+) -> None:
+    pol = policy(tpm=1000)
+    for tenant, share in (("a", 100), ("b", 400), ("c", 50)):
+        assert (await store.acquire(KEY, pol, Cost(1, 100), ask(tenant, 1, "one", share=share))).allowed
+    # Instance two asks for b (start 400), which does not fit; c (start 50) waits there too.
+    assert not (await store.acquire(KEY, pol, Cost(1, 800), ask("b", 1, "two", others=((1, "c"),)))).allowed
+    # a (start 100) is behind c though ahead of b: it yields until instance two asks again.
+    behind = await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))
+    assert behind.yielded and behind.wait_ms > RETRY_MS
+    # Once instance two asks with nothing else waiting, its entry names nobody else.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("c", 1, "two"))).allowed
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))).allowed
+
+
+async def test_a_stale_pick_yields_at_once_with_the_tags_to_pick_again(
+    store: Store, clock: ManualClock
+) -> None:
+    """An instance asks for a while its own b is ahead by the record (another instance served a
+    meanwhile): a yield of no wait, consuming nothing, with b's tag to put its order right."""
+    pol = policy(tpm=1000)
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("b", 1, "two", share=30))).allowed
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "two", share=100))).allowed
+    stale = await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one", share=100, others=((1, "b"),)))
+    assert stale.yielded and not stale.allowed and stale.wait_ms == 0
+    assert (stale.finish, stale.vtime, stale.tags) == (100, 0, (30,))
+    assert stale.state("tokens/minute").used == 20
+    right = await store.acquire(KEY, pol, Cost(1, 10), ask("b", 1, "one", share=30, others=((1, "a"),)))
+    assert right.allowed and (right.finish, right.vtime, right.tags) == (60, 30, (100,))
+    # A better class of its own is ahead whatever the tags; a worse one never is.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one", others=((0, "c"),)))).yielded
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("b", 1, "one", others=((2, "c"),)))).allowed
+    # An instance whose pool keeps an order of its own (several budgets) is not held to this one's.
+    behind = await store.acquire(KEY, pol, Cost(1, 0), ask("b", 1, "one", others=((1, "a"),)))
+    assert behind.yielded and behind.wait_ms == 0
+    mine = await store.acquire(KEY, pol, Cost(1, 0), ask("b", 1, "one", others=((1, "a"),), own=False))
+    assert mine.allowed
+
+
+async def test_an_ask_without_share_orders_by_class_alone(store: Store, clock: ManualClock) -> None:
+    """A gateway without tenants: one implicit tenant, priorities across instances, no tags."""
+    pol = policy(tpm=100)
+    assert (await store.acquire(KEY, pol, Cost(1, 60))).allowed
+    waiting = await store.acquire(KEY, pol, Cost(1, 50), ask("(none)", 0, "two", share=0))
+    assert not waiting.allowed and not waiting.yielded
+    normal = await store.acquire(KEY, pol, Cost(1, 10), ask("(none)", 1, "one", share=0))
+    assert normal.yielded and normal.wait_ms > 0
+    done = await store.acquire(KEY, pol, Cost(1, 10), ask("(none)", 0, "one", share=0, rest=1))
+    assert done.allowed and (done.finish, done.vtime) == (0, 0), "no tags kept"
+    # Instance one's normal request now waits there too: instance two's normal goes level with it.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("(none)", 1, "two", share=0))).allowed
+
+
+async def test_a_waiting_entry_lapses_on_its_own(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=100)
+    assert (await store.acquire(KEY, pol, Cost(1, 60))).allowed
+    assert not (await store.acquire(KEY, pol, Cost(1, 50), ask("b", 0, "gone"))).allowed
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))).yielded
+    # The instance that registered it never asks again (it stopped): past its time and the slack,
+    # nobody yields to it.
+    clock.advance(HOLD_MS + SLACK_MS)
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))).allowed
+
+
+async def test_an_admitted_ask_registers_what_still_waits_or_clears(store: Store, clock: ManualClock) -> None:
+    pol = policy(tpm=1000)
+    first = await store.acquire(KEY, pol, Cost(1, 10), ask("b", 0, "two", rest=0))
+    assert first.allowed
+    # Instance two has another high request waiting: it asks again at once.
+    later = await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))
+    assert later.yielded and later.wait_ms == RETRY_MS
+    # Its queue is empty after its next admission: the entry goes.
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("b", 0, "two"))).allowed
+    assert (await store.acquire(KEY, pol, Cost(1, 10), ask("a", 1, "one"))).allowed
+
+
+async def test_tags_start_level_after_a_window_without_admissions(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=100)
+    for _ in range(5):
+        assert (await store.acquire(KEY, pol, Cost(1, 0), ask("a", 1, "one", share=10))).allowed
+    clock.advance(MINUTE)
+    assert (await store.acquire(KEY, pol, Cost(1, 0), ask("b", 1, "one", share=10))).finish == 50
+    clock.advance(MINUTE + 1)
+    fresh = await store.acquire(KEY, pol, Cost(1, 0), ask("a", 1, "one", share=10, others=((1, "b"),)))
+    assert (fresh.finish, fresh.vtime, fresh.tags) == (10, 0, (0,))
+
+
+async def test_a_share_given_back_puts_the_tenant_where_it_was(store: Store, clock: ManualClock) -> None:
+    """An admission that was not served (an upstream 429): the tenant's share comes off its tag
+    again; the request and tokens stay counted (the upstream may have counted them)."""
+    pol = policy(tpm=1000)
+    for tenant in ("a", "b", "a"):
+        assert (await store.acquire(KEY, pol, Cost(1, 100), ask(tenant, 1, "one", share=100))).allowed
+    clock.advance(5)
+    back = await store.refund(KEY, pol, 0, START, fair=ask("a", 1, "one", share=100))
+    assert (back.yielded, back.tags) == (False, ())
+    assert back.state("tokens/minute").used == 300
+    # a is level with b again (start 100 each): b's ask is not behind it, and a's next admission
+    # ends where its unserved one did.
+    again = await store.acquire(KEY, pol, Cost(1, 100), ask("a", 1, "one", share=100, others=((1, "b"),)))
+    assert again.allowed and (again.finish, again.tags) == (200, (100,))
+    # Never below zero; nothing to give back once a new busy period has begun.
+    await store.refund(KEY, pol, 0, START, fair=ask("b", 1, "one", share=500))
+    assert (await store.acquire(KEY, pol, Cost(1, 0), ask("b", 1, "one", share=1))).finish == 101
+    clock.advance(MINUTE + 1)
+    await store.refund(KEY, pol, 0, START, fair=ask("a", 1, "one", share=100))
+    assert (await store.acquire(KEY, pol, Cost(1, 0), ask("a", 1, "one", share=7))).finish == 7
+
+
+async def test_a_registry_entry_of_another_form_counts_as_lapsed(store: Store, clock: ManualClock) -> None:
+    """Gateways of another version on the same Redis (a rolling upgrade) write entries this script
+    does not read: they hold nobody back and break no admission."""
+    if not isinstance(store, RedisStore):
+        pytest.skip("only the Redis store keeps the registry as text")
+    client = await store.client()
+    waits = store.fair_keys(KEY)[4]
+    await client.hset(waits, "older", f"0 b {START + MINUTE} {START + MINUTE}")
+    done = await store.acquire(KEY, policy(rpm=10), Cost(1, 0), ask("a", 1, "one"))
+    assert done.allowed and not done.yielded
+    assert not await client.hexists(waits, "older")
+
+
+async def test_calls_without_an_ask_answer_as_before(store: Store, clock: ManualClock) -> None:
+    pol = policy(rpm=5)
+    plain = await store.acquire(KEY, pol, Cost(1, 0))
+    assert (plain.yielded, plain.finish, plain.vtime, plain.tags) == (False, 0, 0, ())
+    assert not (await store.acquire(KEY, pol, Cost(1, 0), ask("b", 0, "two", share=1))).yielded
+    # A registered head holds back asks only: a plain call is not part of the fair order.
+    assert (await store.acquire(KEY, pol, Cost(1, 0))).allowed
 
 
 # --- no under-admission -----------------------------------------------------------------------

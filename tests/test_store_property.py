@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ratelimit import Cost, Decision, EmbeddedStore, Limits, Policy, RedisStore
+from ratelimit.fair_share import HOLD_MS, RETRY_MS, SLACK_MS, Ask
 from ratelimit.store import TRIM_MAX
 
 MINUTE = 60_000
@@ -49,8 +50,9 @@ class Model:
 
     limits: Limits
     entries: list[tuple[int, int, int]] = field(default_factory=list)  # (time, requests, tokens)
-    # (admission time, tokens, whether the admission was still in the window when refunded)
-    refunds: list[tuple[int, int, bool]] = field(default_factory=list)
+    # (admission time, requests, tokens, whether the admission was still in the window when
+    # refunded)
+    refunds: list[tuple[int, int, int, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.policy: Policy = self.limits.policy()
@@ -58,7 +60,10 @@ class Model:
         self.longest = max(w.length_ms for w in self.policy.windows)
 
     def refunded_in_window(self, at: int) -> int:
-        return sum(t for a, t, live in self.refunds if live and a > at - self.longest)
+        return sum(t for a, _, t, live in self.refunds if live and a > at - self.longest)
+
+    def requests_returned_in_window(self, at: int) -> int:
+        return sum(r for a, r, _, live in self.refunds if live and a > at - self.longest)
 
     def day(self, at: int) -> tuple[int, int]:
         local = datetime.fromtimestamp(at / 1000, self.tz).date()
@@ -73,15 +78,21 @@ class Model:
         used: dict[str, int] = {}
         for w in self.policy.windows:
             live = [e for e in self.entries if e[0] > at - w.length_ms]
-            used[f"requests/{w.name}"] = sum(e[1] for e in live)
+            requests = sum(e[1] for e in live)
             tokens = sum(e[2] for e in live)
-            if w.length_ms == self.longest:  # refunds count in the window that limits tokens
+            if w.length_ms == self.longest:  # refunds count in the longest window
                 tokens = max(0, tokens - self.refunded_in_window(at))
+                requests = max(0, requests - self.requests_returned_in_window(at))
+            used[f"requests/{w.name}"] = requests
             used[f"tokens/{w.name}"] = tokens
         start, end = self.day(at)
         today = [e for e in self.entries if start <= e[0] < end]
-        used["requests/day"] = sum(e[1] for e in today)
-        used["tokens/day"] = sum(e[2] for e in today) - sum(t for a, t, _ in self.refunds if start <= a < end)
+        used["requests/day"] = sum(e[1] for e in today) - sum(
+            r for a, r, _, _ in self.refunds if start <= a < end
+        )
+        used["tokens/day"] = sum(e[2] for e in today) - sum(
+            t for a, _, t, _ in self.refunds if start <= a < end
+        )
         return used
 
     def limit_of(self) -> dict[str, tuple[int, bool]]:
@@ -125,10 +136,12 @@ class Model:
         self.entries = [e for e in self.entries if e[0] >= keep_from]
         self.refunds = [r for r in self.refunds if r[0] >= keep_from]
 
-    def refund(self, now: int, tokens: int, admitted_at: int) -> dict[str, tuple[int, int, int]]:
+    def refund(
+        self, now: int, tokens: int, admitted_at: int, requests: int = 0
+    ) -> dict[str, tuple[int, int, int]]:
         """The states a store reports after a refund (it checks nothing: no waits)."""
-        if tokens:
-            self.refunds.append((admitted_at, tokens, admitted_at > now - self.longest))
+        if tokens or requests:
+            self.refunds.append((admitted_at, requests, tokens, admitted_at > now - self.longest))
         _, _, states = self.run("charge", now, Cost(0, 0))
         return states
 
@@ -153,7 +166,7 @@ class Model:
 
 
 def assert_matches_model(model: Model, op: str, now: int, cost: Cost, got: Decision) -> None:
-    refunds_live = model.refunded_in_window(now) > 0
+    refunds_live = model.refunded_in_window(now) > 0 or model.requests_returned_in_window(now) > 0
     allowed, wait, states = model.run(op, now, cost)
     what = f"{op} {cost} at {now}"
     if allowed and not got.allowed:
@@ -162,8 +175,14 @@ def assert_matches_model(model: Model, op: str, now: int, cost: Cost, got: Decis
         raise AssertionError(f"over-admission: {what} was admitted, the model denies it: {states}")
     seen = {s.name: (s.used, s.wait_ms, s.reset_ms) for s in got.states}
     if refunds_live:
-        # The token wait may be shorter than the truth (a lower bound), never longer.
-        token_limits = {f"tokens/{w.name}" for w in model.policy.windows if w.length_ms == model.longest}
+        # The waits of the longest window may be shorter than the truth (a lower bound), never
+        # longer.
+        token_limits = {
+            f"{unit}/{w.name}"
+            for w in model.policy.windows
+            if w.length_ms == model.longest
+            for unit in ("tokens", "requests")
+        }
         for name in token_limits:
             assert seen[name][1] <= states[name][1], f"{what}: {name} wait longer than the model's"
             seen[name] = (seen[name][0], -1, seen[name][2])
@@ -222,7 +241,7 @@ async def drive(redis_url: str, scenario: Scenario) -> tuple[int, int]:  # noqa:
     redis_store = RedisStore.from_url(redis_url, prefix=f"prop-{uuid.uuid4().hex[:12]}", clock=clock)
     policy = scenario.limits.policy()
     model = Model(scenario.limits)
-    admitted: list[tuple[Decision, list[int]]] = []  # each with the tokens it may still refund
+    admitted: list[tuple[Decision, list[int]]] = []  # each with the tokens and requests it may still refund
     denied = 0
     last_wait = 0
     try:
@@ -240,9 +259,11 @@ async def drive(redis_url: str, scenario: Scenario) -> tuple[int, int]:  # noqa:
                     continue
                 of, refundable = admitted[target % len(admitted)]
                 amount = tokens % (refundable[0] + 1)  # never more than was charged
+                back = requests % (refundable[1] + 1)
                 refundable[0] -= amount
-                got = [await s.refund("k", policy, amount, of.now_ms) for s in (embedded, redis_store)]
-                expected = model.refund(clock.now, amount, of.now_ms)
+                refundable[1] -= back
+                got = [await s.refund("k", policy, amount, of.now_ms, back) for s in (embedded, redis_store)]
+                expected = model.refund(clock.now, amount, of.now_ms, back)
                 assert {s.name: (s.used, s.wait_ms, s.reset_ms) for s in got[0].states} == expected
             elif op == "acquire" and policy.too_large(cost):
                 continue  # callers refuse these before asking the store
@@ -255,7 +276,7 @@ async def drive(redis_url: str, scenario: Scenario) -> tuple[int, int]:  # noqa:
             assert got[0] == got[1], f"stores disagree on {op} {cost}: {got[0]} != {got[1]}"
             assert got[0].now_ms == clock.now
             if op == "acquire" and got[0].allowed:
-                admitted.append((got[0], [cost.tokens]))
+                admitted.append((got[0], [cost.tokens, cost.requests]))
             if op == "acquire" and not got[0].allowed:
                 denied += 1
             if not got[0].allowed and got[0].wait_ms:
@@ -296,3 +317,60 @@ def test_long_random_walk_with_trimming(redis_url: str, seed: int, limits: Limit
     admitted, denied = asyncio.run(drive(redis_url, Scenario(limits, start, ops)))
     assert admitted > 2 * TRIM_MAX
     assert denied > 0
+
+
+fair_op_st = st.tuples(
+    st.one_of(st.integers(0, 20), st.sampled_from([RETRY_MS, HOLD_MS, HOLD_MS + SLACK_MS, MINUTE + 1])),
+    st.sampled_from(["one", "two", "three"]),  # instance
+    st.sampled_from(["a", "b", "c"]),  # tenant
+    st.integers(0, 2),  # class
+    st.integers(0, 40),  # tokens
+    st.sampled_from([0, 1, 7, 120, 500]),  # share (0: classes only)
+    st.integers(-1, 2),  # its tenant's best class still waiting (-1: none)
+    st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["a", "b", "c", "d"])), max_size=3),  # others
+    st.sampled_from([False] * 5 + [True]),  # an admission not served: the share given back
+    st.booleans(),  # whether it yields to its own instance's other tenants
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    limits=st.builds(Limits, rpm=st.sampled_from([0, 3, 8]), tpm=st.sampled_from([0, 60, 200])),
+    ops=st.lists(fair_op_st, min_size=1, max_size=60),
+)
+def test_stores_agree_on_fair_shares(redis_url: str, limits: Limits, ops: list[tuple[int, ...]]) -> None:
+    """Instances asking with tenants, classes and what else waits there, and giving shares back:
+    the embedded store and Redis give identical decisions (yields, tags, waits), and a yield never
+    consumes."""
+
+    async def run() -> None:
+        clock = Clock(midnight_ms("2024-05-01", "UTC") + HOUR)
+        embedded = EmbeddedStore(clock=clock)
+        redis_store = RedisStore.from_url(redis_url, prefix=f"prop-{uuid.uuid4().hex[:12]}", clock=clock)
+        policy = limits.policy()
+        try:
+            for advance, instance, tenant, priority, tokens, share, rest, others, back, own in ops:
+                clock.now += advance
+                cost = Cost(1, tokens)
+                if policy.too_large(cost):
+                    continue
+                # Each other tenant once, at one class (as an instance's queue names them).
+                named = tuple((c, t) for t, c in {t: c for c, t in others if t != tenant}.items())
+                fair = Ask(str(tenant), int(priority), int(share), str(instance), int(rest), named, bool(own))
+                if back:
+                    given = [
+                        await s.refund("k", policy, 0, clock.now, fair=fair) for s in (embedded, redis_store)
+                    ]
+                    assert given[0] == given[1], f"stores disagree on giving back {fair}"
+                    continue
+                got = [await s.acquire("k", policy, cost, fair) for s in (embedded, redis_store)]
+                assert got[0] == got[1], f"stores disagree on {fair}: {got[0]} != {got[1]}"
+                if got[0].yielded:
+                    assert not got[0].allowed and got[0].binding is None
+                    seen = await embedded.peek("k", policy)
+                    assert [st.used for st in seen.states] == [st.used for st in got[0].states], "consumed"
+        finally:
+            await redis_store.reset("k")
+            await redis_store.close()
+
+    asyncio.run(run())

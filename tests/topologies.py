@@ -122,7 +122,7 @@ class Cluster:
             "--cluster-replica-validity-factor",
             "0",
         ]
-        # The bus port would be port + 10000 (past 65535 for most free ports): name one.
+        # The bus port would be port + 10000 (maybe taken, or past 65535): name one.
         self.bus_ports = [free_port() for _ in range(6)]
         self.nodes = [
             Node(binary, self.workdir, [*args, "--cluster-port", str(bus)]) for bus in self.bus_ports
