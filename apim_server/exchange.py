@@ -456,7 +456,11 @@ class Exchange:
         if not future.done() and left > 0:
             watcher = asyncio.ensure_future(_disconnected(self.request.receive))
             try:
-                await asyncio.wait((future, watcher), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                # uvloop's timers count whole milliseconds of a cached clock, so one can end up
+                # to 1 ms early: a request that times out must have waited its whole timeout.
+                while not (future.done() or watcher.done()) and left > 0:
+                    await asyncio.wait((future, watcher), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                    left = self.deadline - time.monotonic()
             finally:
                 watcher.cancel()
             hung_up = watcher.done() and not watcher.cancelled() and watcher.exception() is None

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.processes import Service, running
+from tests.processes import Service, running, running_all
 from tests.test_apim_budgets_e2e import mock_totals, mock_with
 from tests.test_apim_e2e import MESSAGES, gateway_env, metric, wait_for
 
@@ -33,6 +33,12 @@ def config(tmp_path: Path, upstream: Service, rpm: int, tenants: list[str]) -> P
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextmanager
+def mock_running(tmp_path: Path, models: dict[str, int]) -> Iterator[Service]:
+    with running_all(mock_with(tmp_path, models)) as (service,):
+        yield service
 
 
 @contextmanager
@@ -89,7 +95,7 @@ class Log:
 
 
 def test_a_flooding_tenant_lengthens_only_its_own_waits(tmp_path: Path) -> None:
-    with mock_with(tmp_path, {MODEL: 240}) as upstream:  # 4 per second
+    with mock_running(tmp_path, {MODEL: 240}) as upstream:  # 4 per second
         path = config(
             tmp_path, upstream, 240, ["{name: flood, key: sk-flood}", "{name: light, key: sk-light}"]
         )
@@ -115,7 +121,7 @@ def test_a_flooding_tenant_lengthens_only_its_own_waits(tmp_path: Path) -> None:
 
 
 def test_a_tenant_over_its_sub_limit_waits_alone_and_is_told_at_once(tmp_path: Path) -> None:
-    with mock_with(tmp_path, {MODEL: 600}) as upstream:
+    with mock_running(tmp_path, {MODEL: 600}) as upstream:
         tenants = ["{name: capped, key: sk-capped, rpm: 3}", "{name: free, key: sk-free}"]
         path = config(tmp_path, upstream, 600, tenants)
         with gateway_with(path) as gw:
@@ -146,7 +152,7 @@ def test_a_tenant_over_its_sub_limit_waits_alone_and_is_told_at_once(tmp_path: P
 
 @pytest.mark.usefixtures("redis_url")
 def test_sub_limits_hold_exactly_across_gateways(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    with mock_with(tmp_path, {MODEL: 600}) as upstream:
+    with mock_running(tmp_path, {MODEL: 600}) as upstream:
         path = config(tmp_path, upstream, 600, ["{name: capped, key: sk-capped, rpm: 5}"])
         shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix, "QUEUE_TIMEOUT_S": "3"}
         with ExitStack() as stack:
@@ -163,7 +169,7 @@ def test_sub_limits_hold_exactly_across_gateways(tmp_path: Path, redis_url: str,
 def test_across_gateways_high_requests_are_not_overtaken_by_the_other_gateways_queue(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    with mock_with(tmp_path, {MODEL: 120}) as upstream:  # 2 per second
+    with mock_running(tmp_path, {MODEL: 120}) as upstream:  # 2 per second
         tenants = ["{name: heavy, key: sk-heavy}", "{name: light, key: sk-light}"]
         path = config(tmp_path, upstream, 120, tenants)
         shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
@@ -185,7 +191,7 @@ def test_across_gateways_high_requests_are_not_overtaken_by_the_other_gateways_q
 
 @pytest.mark.usefixtures("redis_url")
 def test_across_gateways_tenants_share_by_weight(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    with mock_with(tmp_path, {MODEL: 120}) as upstream:  # 2 per second
+    with mock_running(tmp_path, {MODEL: 120}) as upstream:  # 2 per second
         tenants = ["{name: heavy, key: sk-heavy}", "{name: light, key: sk-light, weight: 3}"]
         path = config(tmp_path, upstream, 120, tenants)
         shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
