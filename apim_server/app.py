@@ -4,15 +4,10 @@ OpenAI-shaped errors, and a lifespan that starts and drains the gateway)."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
-import signal
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from types import FrameType
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -31,30 +26,6 @@ from openai_wire.errors import APIError
 from serving.connections import Bounds
 
 log = logging.getLogger("apim")
-
-
-def _hook_signals(on_signal: Callable[[], None]) -> None:
-    """Answer the queued at the first SIGTERM/SIGINT, before uvicorn waits for open connections.
-
-    uvicorn's own handler only sets a flag; queued requests would otherwise hold their
-    connections open until the graceful-shutdown timeout. Our handler runs first, then
-    chains to whatever was installed (uvicorn's).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
-
-        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
-            loop.call_soon_threadsafe(on_signal)
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                signal.signal(signum, signal.SIG_DFL)
-                signal.raise_signal(signum)
-
-        signal.signal(sig, handler)
 
 
 CHAT_PATH = CHAT.path
@@ -83,6 +54,11 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.entry(scope, receive, send)
+
+    def begin_shutdown(self) -> None:
+        """Called by serving.connections.BoundedProtocol once uvicorn's listeners are closed:
+        the queued are answered 503 now rather than held until the graceful-shutdown timeout."""
+        self.gateway.begin_shutdown()
 
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,7 +105,6 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
-        _hook_signals(gateway.begin_shutdown)
         # What start-up built lives until exit: keep it out of the collector's full passes.
         gc.collect()
         gc.freeze()

@@ -182,11 +182,12 @@ class _Sweeper:
 class _Shared:
     """What the connections of one server share."""
 
-    __slots__ = ("burst", "sweeper")
+    __slots__ = ("burst", "shutting_down", "sweeper")
 
     def __init__(self, state: ServerState) -> None:
         self.burst = _Burst()
         self.sweeper = _Sweeper(state)
+        self.shutting_down = False
 
 
 _shared: weakref.WeakKeyDictionary[ServerState, _Shared] = weakref.WeakKeyDictionary()
@@ -196,16 +197,21 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is refused."""
 
 
-def _bounds_of(app: Any) -> Bounds:
-    """The ``bounds`` the service's app carries (uvicorn may have wrapped it in middleware)."""
+def _carried(app: Any, name: str) -> Any:
+    """What the service's app carries as ``name`` (uvicorn may have wrapped it in middleware)."""
     for _ in range(8):
-        found = getattr(app, "bounds", None)
-        if isinstance(found, Bounds):
+        found = getattr(app, name, None)
+        if found is not None:
             return found
         app = getattr(app, "app", None)
         if app is None:
             break
-    return Bounds()
+    return None
+
+
+def _bounds_of(app: Any) -> Bounds:
+    found = _carried(app, "bounds")
+    return found if isinstance(found, Bounds) else Bounds()
 
 
 class BoundedProtocol(HttpToolsProtocol):
@@ -224,6 +230,7 @@ class BoundedProtocol(HttpToolsProtocol):
         shared = _shared.get(server_state)
         if shared is None:
             shared = _shared[server_state] = _Shared(server_state)
+        self._shared = shared
         self._burst = shared.burst
         self._sweeper = shared.sweeper
         self._deadline = 0.0
@@ -260,6 +267,17 @@ class BoundedProtocol(HttpToolsProtocol):
         self._cancel_timer()
         super().connection_lost(exc)
         self._burst.check_end(len(self.connections), self.bounds.max_connections)
+
+    def shutdown(self) -> None:
+        # uvicorn asks each connection to shut down once its listeners are closed: the first
+        # call is the moment to answer what the app holds (a gateway's queue). Answered any
+        # earlier, a caller's next request could reach a listener still open, only to be reset.
+        if not self._shared.shutting_down:
+            self._shared.shutting_down = True
+            begin = _carried(self.app, "begin_shutdown")
+            if callable(begin):
+                begin()
+        super().shutdown()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._running = cycle

@@ -118,18 +118,6 @@ def one_tls_context() -> Iterator[None]:
 
 
 @pytest.fixture
-def tls_context_per_client() -> Iterator[None]:
-    """Undo ``one_tls_context`` for one test: each httpx client builds its own again, as before.
-
-    Only for a test whose callers' pace was set by that cost (test_reliability_shutdown: with
-    cheap clients its callers reconnect within the moment between the gateway answering its
-    queue at SIGTERM and uvicorn closing its listener, and are reset; see that test)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(httpx_transports, "create_ssl_context", httpx.create_ssl_context)
-        yield
-
-
-@pytest.fixture
 def redis_prefix() -> str:
     """A key prefix of this test's own, so tests never share or clear each other's state."""
     return f"test-{uuid.uuid4().hex[:12]}"

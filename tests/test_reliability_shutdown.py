@@ -9,7 +9,6 @@ import time
 from collections import Counter
 
 import httpx
-import pytest
 
 from tests.test_apim_e2e import MESSAGES, MODEL, Background, mock_and_gateway, wait_for
 
@@ -63,10 +62,6 @@ class Load:
             assert not thread.is_alive(), "a caller never got an answer"
 
 
-# Callers pay for a TLS context per request, as they did before the suite shared one: faster
-# callers reconnect within the ~50 ms between the gateway answering its queue 503 at SIGTERM and
-# uvicorn closing its listener, and those connections are reset unanswered (a known race, open).
-@pytest.mark.usefixtures("tls_context_per_client")
 def test_sigterm_under_load_loses_nothing() -> None:
     with mock_and_gateway(
         {"TTFT_MS": "2000", "RPM_LIMIT": "100000"},
