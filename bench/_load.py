@@ -1,7 +1,9 @@
-"""Closed-loop load for the throughput benchmarks: ``wrk`` if installed, else httpx in this process.
+"""Load for the benchmarks.
 
-Every connection sends ``REQUEST`` (non-streaming) again as soon as the previous answer is in,
-for a fixed time; a round reports throughput, latency percentiles and failed requests.
+Closed loop, for throughput: ``wrk`` if installed, else httpx in this process; every connection
+sends ``REQUEST`` (non-streaming) again as soon as the previous answer is in, for a fixed time; a
+round reports throughput, latency percentiles and failed requests. Open loop, for budgets and
+queues: ``open_loop`` sends at a fixed rate whatever is still unanswered.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +131,40 @@ class Generator:
         if self.wrk:
             return run_wrk(url, duration, connections, self.script)
         return asyncio.run(httpx_load(url, duration, connections, self.headers))
+
+
+async def open_loop(
+    send: Callable[[int], Awaitable[None]],
+    rate_per_s: float,
+    duration: float,
+    started: float,
+    max_outstanding: int | None = 1000,
+    drain_s: float = 0.0,
+) -> int:
+    """Start ``send(n)`` for n = 1, 2, ... at ``rate_per_s`` from ``started`` for ``duration`` s,
+    on time whatever is still unanswered; returns how many sends were skipped because
+    ``max_outstanding`` were unanswered (a backlog of thousands of open connections would load
+    this process, and time its measurements late, without changing what a gateway admits).
+
+    At the end, what still waits gets ``drain_s`` to finish, then is cancelled (callers hang up).
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    skipped = 0
+    n = 0
+    while (now := time.monotonic()) < started + duration:
+        due = started + n / rate_per_s
+        if due > now:
+            await asyncio.sleep(due - now)
+        n += 1
+        if max_outstanding is not None and len(tasks) >= max_outstanding:
+            skipped += 1
+            continue
+        task = asyncio.create_task(send(n))  # type: ignore[arg-type]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks and drain_s > 0:
+        await asyncio.wait(tasks, timeout=drain_s)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return skipped

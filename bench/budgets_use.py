@@ -23,8 +23,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+from _load import open_loop
 from gateway_budget import (
-    MAX_OUTSTANDING,
     MAX_TOKENS,
     MESSAGES,
     PERIOD,
@@ -51,7 +51,6 @@ async def offer(
     body = {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600)) as client:
-        tasks: set[asyncio.Task[None]] = set()
 
         async def one(gw: Service) -> None:
             try:
@@ -63,19 +62,7 @@ async def offer(
             if response.status_code == 200:
                 answered.append(time.monotonic() - started)
 
-        n = 0
-        while (now := time.monotonic()) < started + duration:
-            due = started + n / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-            n += 1
-            if len(tasks) < MAX_OUTSTANDING:
-                task = asyncio.create_task(one(gateways[n % len(gateways)]))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await open_loop(lambda n: one(gateways[n % len(gateways)]), rate, duration, started)
     return statuses
 
 

@@ -27,10 +27,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import httpx
+from _load import open_loop
 from gateway_budget import MAX_TOKENS, MESSAGES, MODEL, Service, gateway, mock, redis_url, request_cost
 
 SAMPLE_S = 0.25
-MAX_OUTSTANDING = 1000
 
 
 @dataclass
@@ -50,7 +50,6 @@ async def offer(setup: SetUp, rate: float, duration: float, started: float) -> N
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600)) as client:
-        tasks: set[asyncio.Task[None]] = set()
 
         async def one(gw: Service) -> None:
             try:
@@ -62,19 +61,7 @@ async def offer(setup: SetUp, rate: float, duration: float, started: float) -> N
             if response.status_code == 200:
                 setup.answered_at.append(time.monotonic() - started)
 
-        n = 0
-        while (now := time.monotonic()) < started + duration:
-            due = started + n / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-            n += 1
-            if len(tasks) < MAX_OUTSTANDING:
-                task = asyncio.create_task(one(setup.gateways[n % len(setup.gateways)]))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await open_loop(lambda n: one(setup.gateways[n % len(setup.gateways)]), rate, duration, started)
 
 
 async def sample(setup: SetUp, duration: float, started: float) -> None:

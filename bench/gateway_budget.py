@@ -40,6 +40,7 @@ from functools import cache
 from pathlib import Path
 
 import httpx
+from _load import open_loop
 
 HOST = "127.0.0.1"
 MODEL = "gpt-4o-mini"
@@ -201,18 +202,11 @@ class Load:
         self.lags = [g.status()["dispatch_lag_ms"] for g in self.gateways]
 
 
-MAX_OUTSTANDING = 1000
-"""Per set-up: beyond this many unanswered requests the generator skips sends. A backlog of
-thousands of open connections would load this process (and time its measurements late)
-without changing what the gateway admits, which only needs a queue that never runs dry."""
-
-
 async def offer(load: Load, rate_per_s: float, duration: float, started: float) -> None:
     """Send ``rate_per_s`` requests per second round-robin to the gateways for ``duration``."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600)) as client:
-        tasks: set[asyncio.Task[None]] = set()
 
         async def one(gw: Service) -> None:
             try:
@@ -225,22 +219,10 @@ async def offer(load: Load, rate_per_s: float, duration: float, started: float) 
                 load.queue_ms.append(float(response.headers["x-apim-queue-ms"]))
                 load.answered_at.append(time.monotonic() - started)
 
-        n = 0
-        while (now := time.monotonic()) < started + duration:
-            due = started + n / rate_per_s
-            if due > now:
-                await asyncio.sleep(due - now)
-            n += 1
-            if len(tasks) >= MAX_OUTSTANDING:
-                load.skipped += 1
-                continue
-            task = asyncio.create_task(one(load.gateways[n % len(load.gateways)]))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
         # The offered load stops; whatever still waits is abandoned (callers hang up).
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        load.skipped += await open_loop(
+            lambda n: one(load.gateways[n % len(load.gateways)]), rate_per_s, duration, started
+        )
 
 
 async def sample(load: Load, duration: float, started: float) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from _load import open_loop
 from gateway_budget import HOST, MODEL, Service, free_port, gateway, mock, percentile, redis_url
 
 MESSAGES = [{"role": "user", "content": "Write a few sentences about queues and rate limits."}]
@@ -80,7 +81,6 @@ async def offer(run: Run, gateways: list[Service], rate_per_s: float, duration: 
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=500)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(DRAIN_LIMIT_S)) as client:
-        tasks: set[asyncio.Task[None]] = set()
 
         async def one(gw: Service, body: dict) -> None:
             try:
@@ -98,27 +98,16 @@ async def offer(run: Run, gateways: list[Service], rate_per_s: float, duration: 
             if waited is not None:
                 (run.queue_ms if response.status_code == 200 else run.timeout_queue_ms).append(float(waited))
 
-        started = time.monotonic()
-        n = 0
-        while (now := time.monotonic()) < started + duration:
-            due = started + n / rate_per_s
-            if due > now:
-                await asyncio.sleep(due - now)
-            n += 1
-            if len(tasks) >= MAX_OUTSTANDING:
-                run.skipped += 1
-                continue
+        async def send(n: int) -> None:
             body = {"model": MODEL, "messages": MESSAGES, "max_tokens": rng.randint(50, 450)}
             if rng.random() < 0.2:
                 body["stream"] = True
             run.sent += 1
-            task = asyncio.create_task(one(gateways[n % len(gateways)], body))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=DRAIN_LIMIT_S)
-            for task in pending:
-                task.cancel()
+            await one(gateways[n % len(gateways)], body)
+
+        run.skipped += await open_loop(
+            send, rate_per_s, duration, time.monotonic(), MAX_OUTSTANDING, drain_s=DRAIN_LIMIT_S
+        )
 
 
 async def sample(run: Run, pids: dict[str, int], upstream: Service, stop: asyncio.Event) -> None:
