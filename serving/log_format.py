@@ -3,6 +3,7 @@ object per line, each ``name=value`` of a line's template as a key of its own)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -12,6 +13,8 @@ from typing import Any
 from serving.request_log import LOG_VALUE_CAP, logged
 
 FORMATS = ("text", "json")
+RESERVED = ("ts", "level", "logger", "message", "exc_info", "stack_info")
+"""Keys every JSON line has (or may have): a template's own ``name=`` never replaces them."""
 _SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])")
 _NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=$")
 _CONSTANT = re.compile(r"(?:^|(?<=\s))([A-Za-z_][A-Za-z0-9_]*)=([^\s%]+)(?=\s|$)")
@@ -30,7 +33,10 @@ def parse(template: str, unnamed: tuple[str, ...] = ()) -> Template:
     """The keyed arguments of a %-template (``id=%s`` keys argument i as ``id``; arguments with
     no ``name=`` before them take the names in ``unnamed``, in order, while those last) and its
     constant ``name=value`` pairs (a refusal's line writes ``attempts=0`` itself)."""
-    constants = {m.group(1): _constant(m.group(2)) for m in _CONSTANT.finditer(template)}
+    constants = {
+        m.group(1): _constant(m.group(2)) for m in _CONSTANT.finditer(template) if m.group(1) not in RESERVED
+    }
+    taken = set(RESERVED) | constants.keys()
     out: list[Field] = []
     index = 0
     spare = iter(unnamed)
@@ -38,13 +44,15 @@ def parse(template: str, unnamed: tuple[str, ...] = ()) -> Template:
         kind = match.group(1)
         if kind == "%":
             continue
+        stars = match.group(0).count("*")  # a `*` width or precision takes an argument first
         named = _NAMED.search(template, 0, match.start())
         key = named.group(1) if named else next(spare, None)
-        if key is not None:
-            dot = match.group(0).find(".")
-            decimals = int(match.group(0)[dot + 1 : -1]) if dot > 0 and kind in "fF" else None
-            out.append((key, index, kind, decimals))
-        index += 1
+        if key is not None and key not in taken:
+            taken.add(key)
+            precision = match.group(0).partition(".")[2][:-1]
+            decimals = int(precision) if kind in "fF" and precision.isdigit() else None
+            out.append((key, index + stars, kind, decimals))
+        index += 1 + stars
     return tuple(out), constants
 
 
@@ -84,36 +92,41 @@ class JsonFormatter(logging.Formatter):
         self._stamp: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        template = record.msg
+        fields: tuple[Field, ...] = ()
+        constants: dict[str, Any] = {}
+        message = None
+        if type(args) is tuple and args and type(template) is str:
+            fields, constants = self._parsed(template)
+            # A template that does not take the escaped values: as logging itself would say it.
+            with contextlib.suppress(TypeError, ValueError):
+                message = template % tuple([logged(a) if isinstance(a, str) else a for a in args])
         out: dict[str, Any] = {
             "ts": self._ts(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": self._message(record),
+            "message": record.getMessage() if message is None else message,
         }
-        args = record.args
-        if isinstance(args, tuple) and args and isinstance(record.msg, str):
-            fields, constants = self._parsed(record.msg)
-            for key, index, kind, decimals in fields:
-                if index < len(args) and key not in out:
-                    out[key] = _value(args[index], kind, decimals)
-            for key, value in constants.items():
-                out.setdefault(key, value)
+        for key, index, kind, decimals in fields:
+            if index < len(args):  # type: ignore[arg-type]
+                value = args[index]  # type: ignore[index]
+                # Most values are plain: ints, and short strings other than "-".
+                if type(value) is int or (
+                    type(value) is str and value != "-" and len(value) <= LOG_VALUE_CAP
+                ):
+                    out[key] = value
+                else:
+                    out[key] = _value(value, kind, decimals)
+        if constants:
+            out.update(constants)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
         elif record.exc_text:
             out["exc_info"] = record.exc_text
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=str)
-
-    def _message(self, record: logging.LogRecord) -> str:
-        args = record.args
-        if isinstance(args, tuple) and args:
-            try:
-                return str(record.msg) % tuple(logged(a) if isinstance(a, str) else a for a in args)
-            except (TypeError, ValueError):
-                pass  # a template that does not take the escaped values: as logging would
-        return record.getMessage()
+        return json.dumps(out)
 
     def _parsed(self, template: str) -> Template:
         found = self._templates.get(template)
