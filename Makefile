@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 install: $(STAMP)
 
 ## Start the mock LLM on :8000 and the gateway on :8001 in the foreground; Ctrl-C stops both.
+## LOG_FORMAT=json: both log one JSON object per line (MOCK_LOG_FORMAT and APIM_LOG_FORMAT).
 run: $(RUN_STAMP)
-	@$(BIN)/llm-mock & mock=$$!; \
-	APIM_UPSTREAM_URL=$${APIM_UPSTREAM_URL:-http://127.0.0.1:8000/v1} $(BIN)/apim & apim=$$!; \
+	@$(if $(LOG_FORMAT),MOCK_LOG_FORMAT=$(LOG_FORMAT) )$(BIN)/llm-mock & mock=$$!; \
+	$(if $(LOG_FORMAT),APIM_LOG_FORMAT=$(LOG_FORMAT) )APIM_UPSTREAM_URL=$${APIM_UPSTREAM_URL:-http://127.0.0.1:8000/v1} $(BIN)/apim & apim=$$!; \
 	trap 'kill -TERM $$mock $$apim 2>/dev/null; wait $$mock $$apim; exit 0' INT TERM; \
 	wait $$mock $$apim
 

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(EXIT_BAD_SETTINGS)
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     raise_file_limit()
     common = {
         "host": args.host,

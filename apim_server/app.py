@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     """The gateway app; settings from the environment unless given."""
     settings = settings or Settings()
     # Here rather than in main(): with --workers each worker process builds its own app.
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     plan = load(settings.config, settings) if settings.config else None
     gateway = Gateway(settings, plan=plan)
 

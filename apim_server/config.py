@@ -10,7 +10,15 @@ from ratelimit.cost import CostRule
 from ratelimit.limits import Limits
 from serving import settings as settings_doc
 from serving.connections import ConnectionSettings
-from serving.settings import CommaList, LogLevel, RedisURL, SecretList, SubWindowSeconds, TimeZoneName
+from serving.settings import (
+    CommaList,
+    LogFormat,
+    LogLevel,
+    RedisURL,
+    SecretList,
+    SubWindowSeconds,
+    TimeZoneName,
+)
 
 ENV_PREFIX = "APIM_"
 
@@ -162,6 +170,11 @@ class Settings(ConnectionSettings):
         True, description="Log one line per chat request (id, model, tokens, ms, status)."
     )
     log_level: LogLevel = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: LogFormat = Field(
+        "text",
+        description="Log line format on stderr: `text` (plain lines) or `json` (one JSON object per "
+        "line: `ts`, `level`, `logger`, `message`, and each `name=value` of a request line as a key).",
+    )
     otel_traces: bool = Field(
         False,
         description="Send OpenTelemetry traces (a span per request; its queue wait, admission and "

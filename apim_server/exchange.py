@@ -270,7 +270,7 @@ class Exchange:
         finally:
             await upstream.aclose()
             grant.release()
-        self._upstream_done(status if content is not None else "error", started)
+        self._upstream_done(status if content is not None else "error", started, budget)
         if content is None:
             return await self._retry_or(
                 grant,
@@ -319,7 +319,7 @@ class Exchange:
             return await up.post(url, body, headers)
         except httpx.TransportError as exc:
             grant.release()
-            self._upstream_done("error", started)
+            self._upstream_done("error", started, grant.budget)
             if isinstance(exc, httpx.TimeoutException) and not isinstance(
                 exc, httpx.ConnectTimeout | httpx.PoolTimeout
             ):
@@ -353,7 +353,7 @@ class Exchange:
         if final_429(content):
             return False
         wait_s = retry_wait_s(headers)
-        gw.metrics.upstream_rate_limited.inc()
+        gw.metrics.upstream_paused(budget)
         log.warning(
             "upstream %s429 for %s on %s: that budget paused %.3fs, request back at the head of its queue",
             "capacity " if capacity else "",
@@ -506,7 +506,7 @@ class Exchange:
                 raise
             finally:
                 grant.release()
-                self._upstream_done(200 if outcome == 200 else "error", started)
+                self._upstream_done(200 if outcome == 200 else "error", started, budget)
                 if outcome == 200:
                     await upstream.aclose()
                     actual = await gw.accounting.settle(
@@ -526,10 +526,10 @@ class Exchange:
 
     # -- answering -----------------------------------------------------------------------------
 
-    def _upstream_done(self, status: int | str, started: float) -> None:
+    def _upstream_done(self, status: int | str, started: float, budget: Budget) -> None:
         elapsed = time.monotonic() - started
         self.upstream_s += elapsed
-        self.gw.metrics.upstream(status, elapsed)
+        self.gw.metrics.upstream(status, elapsed, budget)
         if self.trace is not None:
             self.trace.upstream_done(status)
 

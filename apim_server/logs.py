@@ -1,4 +1,4 @@
-"""Logging set-up: plain lines on stderr, the one-line-per-request log written in batches."""
+"""Logging set-up: lines on stderr (plain or JSON), the one-line-per-request log written in batches."""
 
 from __future__ import annotations
 
@@ -6,27 +6,37 @@ import logging
 import sys
 
 from serving import request_log
+from serving.log_format import JsonFormatter
 from serving.request_log import BatchedStreamHandler, EscapeArgs
 
 REQUEST_LOGGER = "apim.request"
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def configure(level: str) -> None:
+def configure(level: str, log_format: str = "text") -> None:
     """Root logging on stderr; request lines batched; httpx's own request lines silenced.
 
-    Once per process: later calls (several apps in one test process) change nothing.
+    Every record of the process (uvicorn's too: it is given no logging config of its own) goes
+    through these handlers, so all come out in ``log_format``. Once per process: later calls
+    (several apps in one test process) change nothing.
     """
     requests = logging.getLogger(REQUEST_LOGGER)
     if any(isinstance(h, BatchedStreamHandler) for h in requests.handlers):
         return
     numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
     logging.basicConfig(level=numeric, format=FORMAT, stream=sys.stderr)
-    for root_handler in logging.getLogger().handlers:
-        root_handler.addFilter(EscapeArgs())
     handler = BatchedStreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(EscapeArgs())
+    handlers = [*logging.getLogger().handlers, handler]
+    for each in handlers:
+        if log_format == "json":
+            # JSON escapes every value itself (the message's as text lines do).
+            each.setFormatter(JsonFormatter())
+        else:
+            each.addFilter(EscapeArgs())
+    if log_format == "json":
+        logging.captureWarnings(True)  # a Python warning is a line on stderr too
+    else:
+        handler.setFormatter(logging.Formatter(FORMAT))
     requests.addHandler(handler)
     requests.propagate = False
     # httpx logs every request at INFO: our own line per request says more, once.

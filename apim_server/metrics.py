@@ -171,14 +171,20 @@ class Metrics:
             ["deployment", "model"],
             registry=r,
         )
+        # Per budget (deployment, model: both from the configuration, never the caller's words,
+        # so the series stay few): which upstream refuses or fails is what an operator acts on.
         self.upstream_responses = Counter(
             "apim_upstream_responses",
-            "Upstream answers by HTTP status (`error` = no answer: connect error, reset)",
-            ["status"],
+            "Upstream answers per deployment and model (the budget's) by HTTP status (`error` = no "
+            "answer: connect error, reset)",
+            ["deployment", "model", "status"],
             registry=r,
         )
         self.upstream_rate_limited = Counter(
-            "apim_upstream_rate_limited", "Upstream 429s that paused admission and requeued", registry=r
+            "apim_upstream_rate_limited",
+            "Upstream 429s that paused a budget and requeued, per deployment and model",
+            ["deployment", "model"],
+            registry=r,
         )
         self.tokens_charged = Counter(
             "apim_tokens_charged",
@@ -241,7 +247,8 @@ class Metrics:
         self.paused = Gauge("apim_admission_paused_seconds", "How long admission stays paused", registry=r)
         self._estimate = self.tokens_charged.labels(kind="estimate")
         self._status_children: dict[int, Counter] = {}
-        self._upstream_children: dict[int | str, Counter] = {}
+        self._upstream_children: dict[Budget | None, dict[int | str, Counter]] = {}
+        self._rate_limited_children: dict[Budget | None, Counter] = {}
         self._budget_children: dict[int, Counter] = {}
 
         # Rolling figures for /status.
@@ -273,6 +280,10 @@ class Metrics:
         self._budgets = _Budgets(budgets, pools)
         self.registry.register(self._budgets)
         self.registry.register(_Received(self))
+        # Every budget's 429 series from the start, at 0: a rate() over a series that appears
+        # with its first 429 misses that 429.
+        for budget in budgets():
+            self._rate_limited_child(budget)
 
     async def before_scrape(self) -> None:
         """Read what ``/metrics`` shows as of now rather than of the latest admission."""
@@ -307,14 +318,28 @@ class Metrics:
         self.total_admitted += 1
         self.admitted_minute.add()
 
-    def upstream(self, status: int | str, seconds: float) -> None:
-        child = self._upstream_children.get(status)
+    def upstream(self, status: int | str, seconds: float, budget: Budget | None = None) -> None:
+        """One upstream attempt's outcome, for ``budget`` (its deployment and model)."""
+        children = self._upstream_children.get(budget)
+        if children is None:
+            children = self._upstream_children[budget] = {}
+        child = children.get(status)
         if child is None:
-            child = self._upstream_children[status] = self.upstream_responses.labels(status=str(status))
+            child = children[status] = self.upstream_responses.labels(*_names(budget), str(status))
         child.inc()
         self.upstream_latency.observe(seconds)
         if status == 429:
             self.total_upstream_429 += 1
+
+    def upstream_paused(self, budget: Budget | None = None) -> None:
+        """An upstream 429 paused ``budget`` and its request went back to its queue."""
+        self._rate_limited_child(budget).inc()
+
+    def _rate_limited_child(self, budget: Budget | None) -> Counter:
+        child = self._rate_limited_children.get(budget)
+        if child is None:
+            child = self._rate_limited_children[budget] = self.upstream_rate_limited.labels(*_names(budget))
+        return child
 
     def waited(self, seconds: float) -> None:
         self.queue_wait.observe(seconds)
@@ -362,6 +387,11 @@ class Metrics:
             "admitted": self.admitted_minute.total(),
             "answered": self.answered_minute.total(),
         }
+
+
+def _names(budget: Budget | None) -> tuple[str, str]:
+    """A budget's ``deployment`` and ``model`` labels (empty without one)."""
+    return ("", "") if budget is None else (budget.deployment.name, budget.model)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -14,6 +14,7 @@ Load generator: ``wrk`` if installed (``apt-get install wrk``), else httpx in th
 
 ``--cors`` adds a gateway with ``APIM_CORS_ORIGINS=*`` (requests without an Origin, as
 server-side clients send them) to measure what the CORS layer costs the hot path.
+``--json-logs`` adds a gateway with ``APIM_LOG_FORMAT=json``: what a JSON request line costs.
 ``--store`` picks the gateways' stores (``embedded``, ``redis``, or ``both``, the default; Redis
 only if one answers). ``--before REV`` adds, for each store, the gateway as it was at git
 revision REV (its tree from ``git archive``, run with the same settings), measured in the same
@@ -22,7 +23,7 @@ own CPU time per request (user and system, from /proc) is printed too: steadier 
 other processes share the machine.
 
     python bench/gateway_overhead.py [--duration 10] [--rounds 3] [--connections 64] [--cors]
-                                     [--store both] [--before REV]
+                                     [--json-logs] [--store both] [--before REV]
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def cpu_s(pid: int) -> float:
 def main() -> int:
     parser = load_options(__doc__, "target")
     parser.add_argument("--cors", action="store_true", help="add a gateway with APIM_CORS_ORIGINS=*")
+    parser.add_argument("--json-logs", action="store_true", help="add a gateway with APIM_LOG_FORMAT=json")
     parser.add_argument("--store", choices=("embedded", "redis", "both"), default="both")
     parser.add_argument("--before", metavar="REV", help="also the gateway of this git revision, per store")
     args = parser.parse_args()
@@ -78,6 +80,10 @@ def main() -> int:
         if args.cors:
             services["through the gateway (embedded store, CORS on)"] = stack.enter_context(
                 gateway(upstream, **HUGE, CORS_ORIGINS="*")
+            )
+        if args.json_logs:
+            services["through the gateway (embedded store, JSON logs)"] = stack.enter_context(
+                gateway(upstream, **HUGE, LOG_FORMAT="json")
             )
         targets = {name: service.v1 for name, service in services.items()}
         urls = {name: f"{v1}/chat/completions" for name, v1 in targets.items()}

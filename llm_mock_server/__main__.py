@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import uvicorn
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
             "llm-mock: warning: each of the workers keeps its own limits without MOCK_REDIS_URL",
             file=sys.stderr,
         )
+    if settings.log_format == "json":
+        logging.captureWarnings(True)  # a Python warning is a line on stderr too
     raise_file_limit()
     uvicorn.run(
         "llm_mock_server.app:create_app",
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_config=logging_config(settings.log_level),
+        log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         access_log=False,
         server_header=False,

@@ -12,7 +12,7 @@ from openai_wire.azure import derived_rpm
 from ratelimit.cost import CostRule
 from serving import settings as settings_doc
 from serving.connections import ConnectionSettings
-from serving.settings import CommaList, LogLevel, RedisURL, SubWindowSeconds, TimeZoneName
+from serving.settings import CommaList, LogFormat, LogLevel, RedisURL, SubWindowSeconds, TimeZoneName
 
 ENV_PREFIX = "MOCK_"
 DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4", "gpt-3.5-turbo"]
@@ -115,6 +115,11 @@ class MockSettings(ConnectionSettings):
     max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted (413 above).")
     log_requests: bool = Field(True, description="Log one line per chat request (id, model, tokens, ms).")
     log_level: LogLevel = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: LogFormat = Field(
+        "text",
+        description="Log line format on stderr: `text` (plain lines) or `json` (one JSON object per "
+        "line: `ts`, `level`, `logger`, `message`, and each `name=value` of a request line as a key).",
+    )
 
     @field_validator("models")
     @classmethod

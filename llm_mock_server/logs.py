@@ -17,8 +17,9 @@ def flush_request_log() -> None:
     request_log.flush(REQUEST_LOGGER)
 
 
-def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging config plus ours: service loggers, the request log, quiet drops."""
+def logging_config(level: str, log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's logging config plus ours: service loggers, the request log, quiet drops; every
+    logger of the process (uvicorn's, the root's) writes ``log_format``."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {
         "quiet_drops": {"()": "llm_mock_server.faults.QuietDrops"},
@@ -31,8 +32,16 @@ def logging_config(level: str) -> dict[str, Any]:
         "formatter": "plain",
         "stream": "ext://sys.stderr",
     }
-    for handler in config["handlers"].values():
-        handler["filters"] = [*handler.get("filters", []), "escape"]
+    if log_format == "json":
+        # JSON escapes every value itself (the message's as text lines do): no escape filter.
+        json_formatter = {"()": "serving.log_format.JsonFormatter"}
+        config["formatters"] = {name: json_formatter for name in config["formatters"]}
+        config["formatters"]["request"] = {**json_formatter, "unnamed": ["operation"]}
+        config["handlers"]["requests"]["formatter"] = "request"
+        config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    else:
+        for handler in config["handlers"].values():
+            handler["filters"] = [*handler.get("filters", []), "escape"]
     for name in ("llm_mock_server", "ratelimit", "openai_wire", "serving"):
         config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     config["loggers"][REQUEST_LOGGER] = {"handlers": ["requests"], "level": level.upper(), "propagate": False}

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode
 
 from ratelimit import redis_url
+from serving.log_format import FORMATS
 from serving.urls import redacted
 
 
@@ -74,6 +75,12 @@ def _level(value: str) -> str:
     return value.lower()
 
 
+def _log_format(value: str) -> str:
+    if value.lower() not in FORMATS:
+        raise ValueError("must be one of " + ", ".join(FORMATS))
+    return value.lower()
+
+
 def _redis_url(value: str) -> str:
     value = value.strip()
     return redis_url.check(value) if value else value
@@ -85,5 +92,6 @@ SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split)]
 TimeZoneName = Annotated[str, AfterValidator(_zone)]
 SubWindowSeconds = Annotated[int, AfterValidator(_divides_minute)]
 LogLevel = Annotated[str, AfterValidator(_level)]
+LogFormat = Annotated[str, AfterValidator(_log_format)]
 RedisURL = Annotated[str, AfterValidator(_redis_url)]
 """Empty (the embedded store) or one of the forms of ``ratelimit.redis_url``."""

@@ -106,6 +106,9 @@ def test_the_dashboard_covers_what_issue_13_asks() -> None:
         assert needed in names, needed
     assert {"deployment", "model"} <= names["apim_budget_used"]
     assert "model" in names["apim_pool_queue_depth"]
+    # Upstream 429s and errors per deployment: which upstream refuses or fails.
+    assert "deployment" in names["apim_upstream_rate_limited_total"]
+    assert {"deployment", "status"} <= names["apim_upstream_responses_total"]
     assert any("tenant" in labels for labels in names.values())
 
 
@@ -134,6 +137,8 @@ def test_every_queried_metric_exists_in_a_real_gateway_and_mock(tmp_path: Path) 
     assert used_now["deployment"] == {"east", "west"}
     assert {"rpm", "tpm", "rpd", "tpd"} <= used_now["limit"]  # and the paced sub-window, rp1s
     assert found["apim_requests_received_total"] == {}
+    # Each deployment's upstream 429 series is there before its first 429.
+    assert found["apim_upstream_rate_limited_total"]["deployment"] == {"east", "west"}
     assert found["apim_tenant_admitted_total"]["tenant"] == {"team-a"}
 
 
