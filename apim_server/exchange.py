@@ -27,7 +27,7 @@ from apim_server.dispatcher import Closed
 from apim_server.grant import Grant
 from apim_server.queue import PRIORITY_NAMES, QueueFull, Ticket
 from apim_server.streaming import UsageTap
-from apim_server.upstream import capacity_429, final_429, passed_back, retry_wait_s
+from apim_server.upstream import capacity_429, final_429, passed_back, passed_back_raw, retry_wait_s
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
 from ratelimit.limits import Decision
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from apim_server.routing import Pool
 
 log = logging.getLogger("apim.request")
+PRIORITY_LINES = tuple(name.encode() for name in PRIORITY_NAMES)
+EXPECTED_LINE = EXPECTED_HEADER.encode()
 
 GRACE_S = 0.05
 """A request admitted within this long never needs a disconnect watcher."""
@@ -94,6 +96,23 @@ class RelayResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.grant.release()
+
+
+class Answer:
+    """A whole answer from header lines already encoded: what Starlette's ``Response`` sends,
+    without the header dict it builds and encodes per request (the forwarding path's answer)."""
+
+    __slots__ = ("body", "raw_headers", "status_code")
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status_code = status
+        self.body = body
+        raw_headers.append((b"content-length", b"%d" % len(body)))
+        self.raw_headers = raw_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 class Exchange:
@@ -162,7 +181,7 @@ class Exchange:
 
     # -- the whole exchange ------------------------------------------------------------------
 
-    async def run(self) -> Response:
+    async def run(self) -> Response | Answer:
         """Attempts until one gives the caller's final answer."""
         try:
             self.timeout_s = timeout_s(self.request.headers, self.gw.settings.queue_timeout_s)
@@ -243,7 +262,7 @@ class Exchange:
             )
         return found[1]
 
-    async def _attempt(self, grant: Grant) -> Response | None:
+    async def _attempt(self, grant: Grant) -> Response | Answer | None:
         """One forward of an admitted request: the final answer, or None to queue it again."""
         gw = self.gw
         decision = grant.decision
@@ -300,10 +319,10 @@ class Exchange:
             actual = await gw.accounting.settle(
                 budget, self.ticket.cost.tokens, decision, usage_of(content), grant.charge
             )
-        headers = self._passed_back(upstream)
-        headers.update(self._own_headers())
+        headers = gw.redactor.lines(passed_back_raw(upstream.headers))
+        headers += self._own_lines()
         self._record(status, actual)
-        return Response(gw.redactor.body(content), status, headers=headers)
+        return Answer(status, headers, gw.redactor.body(content))
 
     async def _send(self, grant: Grant, started: float) -> httpx.Response | Response | None:
         """The upstream's answer (headers read), or what the caller gets when it could not be
@@ -542,6 +561,17 @@ class Exchange:
         if self.expected_ms is not None:
             headers[EXPECTED_HEADER] = str(self.expected_ms)
         return headers
+
+    def _own_lines(self) -> list[tuple[bytes, bytes]]:
+        """``_own_headers`` as header lines."""
+        lines = [
+            (b"x-request-id", self.request_id.encode("latin-1")),
+            (b"x-apim-queue-ms", b"%d" % round(self.queue_s * 1000)),
+            (b"x-apim-priority", PRIORITY_LINES[self.ticket.priority]),
+        ]
+        if self.expected_ms is not None:
+            lines.append((EXPECTED_LINE, b"%d" % self.expected_ms))
+        return lines
 
     def error(self, error: APIError) -> Response:
         return self.finish(error.response())

@@ -238,9 +238,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._ssl = httpx.create_ssl_context()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
         url = request.url
-        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         body = await request.aread()
         head = [request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n"]
         for name, value in request.headers.raw:
@@ -248,8 +246,29 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if body and "content-length" not in request.headers:
             head += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
         head += [b"\r\n", body]
-        payload = b"".join(head)
+        return await self._round_trip(url, b"".join(head), request.extensions.get("timeout", {}))
 
+    async def post(
+        self,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: dict[str, float | None],
+    ) -> httpx.Response:
+        """POST ``body`` with ``headers`` (plus Host and Content-Length) without building an
+        ``httpx.Request``: the forwarding path's request, whose URL and headers are ours."""
+        head = [b"POST ", url.raw_path, b" HTTP/1.1\r\nhost: ", url.netloc]
+        head += (b"\r\ncontent-length: ", b"%d" % len(body), b"\r\n")
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
+        head += (b"\r\n", body)
+        return await self._round_trip(url, b"".join(head), timeouts)
+
+    async def _round_trip(
+        self, url: httpx.URL, payload: bytes, timeouts: dict[str, float | None]
+    ) -> httpx.Response:
+        """Send ``payload`` (a whole request) on a pooled connection; the answer once its head is in."""
+        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         conn = await self._acquire(key, timeouts)
         try:
             conn.send(payload)
