@@ -17,7 +17,14 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from apim_server.exchange import CLIENT_CLOSED, Answer, Exchange, record_refusal, shutdown_error
+from apim_server.exchange import (
+    CLIENT_CLOSED,
+    Answer,
+    Exchange,
+    RelayResponse,
+    record_refusal,
+    shutdown_error,
+)
 from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
 from apim_server.request_ids import new_request_id
@@ -65,14 +72,14 @@ def too_large_error(model: str, name: str, limit: int, requested: int) -> APIErr
     )
 
 
-async def chat_completions(gw: Gateway, request: Request) -> Response | Answer:
+async def chat_completions(gw: Gateway, request: Request) -> Response | Answer | RelayResponse:
     """A chat completion's answer (see ``forward``)."""
     return await forward(gw, request, CHAT)
 
 
 async def forward(
     gw: Gateway, request: Request, endpoint: ApiEndpoint, deployment: str | None = None
-) -> Response | Answer:
+) -> Response | Answer | RelayResponse:
     """The caller's answer: the upstream's, or a gateway error in OpenAI's shape.
 
     ``deployment`` is the Azure deployment an inbound Azure path names: it stands for the

@@ -217,6 +217,29 @@ class _Body(httpx.AsyncByteStream):
         self._conn = None
         self._transport.release(conn)
 
+    async def read(self) -> bytes:
+        """The whole body (what iterating yields, joined)."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        parts = []
+        try:
+            while True:
+                if conn.chunks:
+                    parts.append(conn.take())  # taken as it comes: a paused socket resumes
+                    continue
+                if conn.complete:
+                    break
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(self._timeout)
+        except BaseException:
+            self._discard()
+            raise
+        self._conn = None
+        self._transport.release(conn)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def aclose(self) -> None:
         self._discard()
 
@@ -225,6 +248,15 @@ class _Body(httpx.AsyncByteStream):
         if conn is not None:
             conn.close()
             self._transport.release(conn)
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """``response``'s whole body: from this transport's stream directly when nothing is to be
+    decoded (httpx's ``aread`` passes each chunk through decoders and context managers)."""
+    stream = response.stream
+    if isinstance(stream, _Body) and "content-encoding" not in response.headers:
+        return await stream.read()
+    return await response.aread()
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
