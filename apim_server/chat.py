@@ -10,7 +10,6 @@ caller's bytes.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -18,9 +17,17 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from apim_server.exchange import CLIENT_CLOSED, Exchange, record_refusal, shutdown_error
+from apim_server.exchange import (
+    CLIENT_CLOSED,
+    Answer,
+    Exchange,
+    RelayResponse,
+    record_refusal,
+    shutdown_error,
+)
 from apim_server.gateway import Gateway
 from apim_server.queue import Priority, Ticket
+from apim_server.request_ids import new_request_id
 from openai_wire.content_type import check_content_type
 from openai_wire.endpoints import CHAT, ApiEndpoint
 from openai_wire.errors import LIMIT_WORDS, APIError, _validation_message, clip
@@ -65,20 +72,20 @@ def too_large_error(model: str, name: str, limit: int, requested: int) -> APIErr
     )
 
 
-async def chat_completions(gw: Gateway, request: Request) -> Response:
+async def chat_completions(gw: Gateway, request: Request) -> Response | Answer | RelayResponse:
     """A chat completion's answer (see ``forward``)."""
     return await forward(gw, request, CHAT)
 
 
 async def forward(
     gw: Gateway, request: Request, endpoint: ApiEndpoint, deployment: str | None = None
-) -> Response:
+) -> Response | Answer | RelayResponse:
     """The caller's answer: the upstream's, or a gateway error in OpenAI's shape.
 
     ``deployment`` is the Azure deployment an inbound Azure path names: it stands for the
     model, whatever the body says (as at Azure).
     """
-    request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    request_id = request.headers.get("x-request-id") or new_request_id()
     model = ""
     gw.metrics.received()
     try:

@@ -46,6 +46,12 @@ class Redactor:
             return headers
         return {name: self.text(value) for name, value in headers.items()}
 
+    def lines(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """``headers`` for header lines (bytes)."""
+        if not self.secrets:
+            return headers
+        return [(name, self.body(value)) for name, value in headers]
+
     def stream(self) -> StreamRedactor:
         return StreamRedactor(self)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -18,6 +17,7 @@ from apim_server.chat import model_not_found
 from apim_server.config_file import ANY_MODEL
 from apim_server.exchange import upstream_auth_failed
 from apim_server.gateway import Gateway
+from apim_server.request_ids import new_request_id
 from openai_wire.endpoints import BY_PATH
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
@@ -34,7 +34,7 @@ async def models(request: Request) -> Response:
     through. Not rate limited: it costs no budget."""
     gw = gateway(request)
     gw.caller_keys.check(request.headers)
-    request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    request_id = request.headers.get("x-request-id") or new_request_id()
     if gw.router.route(ANY_MODEL) is None:
         created = int(gw.started_at)
         data = [
@@ -52,7 +52,7 @@ async def model(request: Request, model_id: str) -> Response:
     (one deployment serving every model) the upstream's answer passed through."""
     gw = gateway(request)
     gw.caller_keys.check(request.headers)
-    request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    request_id = request.headers.get("x-request-id") or new_request_id()
     if gw.router.route(ANY_MODEL) is None:
         if gw.router.route(model_id) is None:
             raise model_not_found(model_id)

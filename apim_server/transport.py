@@ -217,6 +217,29 @@ class _Body(httpx.AsyncByteStream):
         self._conn = None
         self._transport.release(conn)
 
+    async def read(self) -> bytes:
+        """The whole body (what iterating yields, joined)."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        parts = []
+        try:
+            while True:
+                if conn.chunks:
+                    parts.append(conn.take())  # taken as it comes: a paused socket resumes
+                    continue
+                if conn.complete:
+                    break
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(self._timeout)
+        except BaseException:
+            self._discard()
+            raise
+        self._conn = None
+        self._transport.release(conn)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def aclose(self) -> None:
         self._discard()
 
@@ -225,6 +248,15 @@ class _Body(httpx.AsyncByteStream):
         if conn is not None:
             conn.close()
             self._transport.release(conn)
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """``response``'s whole body: from this transport's stream directly when nothing is to be
+    decoded (httpx's ``aread`` passes each chunk through decoders and context managers)."""
+    stream = response.stream
+    if isinstance(stream, _Body) and "content-encoding" not in response.headers:
+        return await stream.read()
+    return await response.aread()
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -238,9 +270,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._ssl = httpx.create_ssl_context()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
         url = request.url
-        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         body = await request.aread()
         head = [request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n"]
         for name, value in request.headers.raw:
@@ -248,8 +278,29 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if body and "content-length" not in request.headers:
             head += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
         head += [b"\r\n", body]
-        payload = b"".join(head)
+        return await self._round_trip(url, b"".join(head), request.extensions.get("timeout", {}))
 
+    async def post(
+        self,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: dict[str, float | None],
+    ) -> httpx.Response:
+        """POST ``body`` with ``headers`` (plus Host and Content-Length) without building an
+        ``httpx.Request``: the forwarding path's request, whose URL and headers are ours."""
+        head = [b"POST ", url.raw_path, b" HTTP/1.1\r\nhost: ", url.netloc]
+        head += (b"\r\ncontent-length: ", b"%d" % len(body), b"\r\n")
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
+        head += (b"\r\n", body)
+        return await self._round_trip(url, b"".join(head), timeouts)
+
+    async def _round_trip(
+        self, url: httpx.URL, payload: bytes, timeouts: dict[str, float | None]
+    ) -> httpx.Response:
+        """Send ``payload`` (a whole request) on a pooled connection; the answer once its head is in."""
+        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         conn = await self._acquire(key, timeouts)
         try:
             conn.send(payload)

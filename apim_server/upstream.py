@@ -86,7 +86,7 @@ class Upstream:
         self._drop_caller_auth = self._auth is not None or not forward_caller_auth
         self._forwarded = _FORWARDED | {MOCK_FAULT} if forward_mock_faults else _FORWARDED
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
-        self._timeout = {"timeout": timeout.as_dict()}
+        self._timeouts = timeout.as_dict()
         self.transport = LeanTransport(max_connections=max_concurrency)
         self.client = httpx.AsyncClient(
             transport=self.transport,
@@ -172,8 +172,7 @@ class Upstream:
         one caller to the next, redirects belong to the caller) and cost a sixth of the
         gateway's CPU per request.
         """
-        request = httpx.Request("POST", url, headers=headers, content=body, extensions=self._timeout)
-        return await self.transport.handle_async_request(request)
+        return await self.transport.post(url, headers, body, self._timeouts)
 
     async def models(
         self, headers: list[tuple[bytes, bytes]], limit_s: float | None = None
@@ -196,6 +195,22 @@ def passed_back(headers: httpx.Headers) -> dict[str, str]:
             out[name] = value
         elif name == "x-request-id":
             out["x-upstream-request-id"] = value
+    return out
+
+
+_PASSED_BACK_RAW = frozenset(name.encode() for name in _PASSED_BACK)
+
+
+def passed_back_raw(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
+    """``passed_back`` as header lines (lower-case names, values as received), for an answer
+    written without a header dict; a repeated header stays repeated."""
+    out: list[tuple[bytes, bytes]] = []
+    for raw, value in headers.raw:
+        name = raw.lower()
+        if name.startswith((b"x-ratelimit-", b"openai-")) or name in _PASSED_BACK_RAW:
+            out.append((name, value))
+        elif name == b"x-request-id":
+            out.append((b"x-upstream-request-id", value))
     return out
 
 

@@ -76,11 +76,13 @@ def run_wrk(url: str, duration: int, connections: int, script: Path) -> Round:
     return Round(requests / (duration_us / 1e6), p50_us / 1000, p99_us / 1000, errors + non2xx)
 
 
-async def httpx_load(url: str, duration: int, connections: int, headers: dict[str, str]) -> Round:
+async def httpx_load(
+    url: str, duration: int, connections: int, headers: dict[str, str], request: dict[str, object]
+) -> Round:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     latencies: list[float] = []
     failures = 0
-    body = json.dumps(REQUEST).encode()
+    body = json.dumps(request).encode()
     async with httpx.AsyncClient(limits=limits, timeout=10) as client:
         stop = time.perf_counter() + duration
 
@@ -119,18 +121,21 @@ def load_options(doc: str, rounds_per: str) -> argparse.ArgumentParser:
 class Generator:
     """The load generator this machine has; ``name`` says which one for the output."""
 
-    def __init__(self, workdir: Path, headers: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, headers: dict[str, str], request: dict[str, object] | None = None
+    ) -> None:
         self.headers = {"Content-Type": "application/json"} | headers
+        self.request = REQUEST if request is None else request
         self.wrk = shutil.which("wrk") is not None
         self.name = "wrk (1 thread)" if self.wrk else "httpx (in-process asyncio; likely the bottleneck)"
         self.script = workdir / "post.lua"
         lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in self.headers.items())
-        self.script.write_text(WRK_SCRIPT.format(body=json.dumps(REQUEST), headers=lines))
+        self.script.write_text(WRK_SCRIPT.format(body=json.dumps(self.request), headers=lines))
 
     def __call__(self, url: str, duration: int, connections: int) -> Round:
         if self.wrk:
             return run_wrk(url, duration, connections, self.script)
-        return asyncio.run(httpx_load(url, duration, connections, self.headers))
+        return asyncio.run(httpx_load(url, duration, connections, self.headers, self.request))
 
 
 async def open_loop(

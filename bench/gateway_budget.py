@@ -115,12 +115,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def service(module: str, env: dict[str, str]) -> Iterator[Service]:
+def service(module: str, env: dict[str, str], args: list[str] | None = None) -> Iterator[Service]:
     """``python -m module`` on a free loopback port, its log discarded; stopped on exit."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("APIM_", "MOCK_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--host", HOST, "--port", str(port)],
+        [sys.executable, "-m", module, "--host", HOST, "--port", str(port), *(args or [])],
         env=clean | env,
         cwd=workdir(),
         stdout=subprocess.DEVNULL,
@@ -140,15 +140,15 @@ def mock(**settings: str) -> AbstractContextManager[Service]:
 
 
 def gateway(
-    upstream: Service, source: Path | None = None, **settings: str
+    upstream: Service, source: Path | None = None, workers: int = 1, **settings: str
 ) -> AbstractContextManager[Service]:
     """A gateway in front of ``upstream``; with ``source``, the packages of that directory (an
-    earlier revision's tree) instead of the installed ones."""
+    earlier revision's tree) instead of the installed ones; ``workers`` processes (``--workers``)."""
     env = {f"APIM_{k}": v for k, v in (UNLIMITED | settings).items()}
     env["APIM_UPSTREAM_URL"] = upstream.v1
     if source is not None:
         env["PYTHONPATH"] = str(source)
-    return service("apim_server", env)
+    return service("apim_server", env, ["--workers", str(workers)] if workers > 1 else [])
 
 
 def revision_tree(rev: str) -> Path:

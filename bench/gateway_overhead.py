@@ -19,11 +19,17 @@ server-side clients send them) to measure what the CORS layer costs the hot path
 only if one answers). ``--before REV`` adds, for each store, the gateway as it was at git
 revision REV (its tree from ``git archive``, run with the same settings), measured in the same
 rounds: before/after side by side, with the after/before ratios of the medians. Each target's
-own CPU time per request (user and system, from /proc) is printed too: steadier than rates when
-other processes share the machine.
+own CPU time per request (user and system, from /proc, summed over its worker processes) is
+printed too: steadier than rates when other processes share the machine.
+
+``--stream`` sends streaming requests instead (``"stream": true``; the mock answers each in
+~67 SSE chunks). ``--workers N`` adds a Redis-store gateway run with ``--workers N``: with
+cores to spare its throughput grows with N; on a machine without them, its CPU time per
+request (all workers together) against the one-worker gateway's says what N cores would give.
 
     python bench/gateway_overhead.py [--duration 10] [--rounds 3] [--connections 64] [--cors]
-                                     [--json-logs] [--store both] [--before REV]
+                                     [--json-logs] [--store both] [--before REV] [--stream]
+                                     [--workers N]
 """
 
 from __future__ import annotations
@@ -36,15 +42,28 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
-from _load import Generator, Round, load_options, median_round
+from _load import REQUEST, Generator, Round, load_options, median_round
 from gateway_budget import HUGE, gateway, mock, redis_url, revision_tree, workdir
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) process ``pid`` has used: steadier than wall-clock rates on
-    a shared machine, since other processes' load does not count."""
+    """CPU seconds (user and system) process ``pid`` and its live children (``--workers``) have
+    used: steadier than wall-clock rates on a shared machine, since other processes' load does
+    not count."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_s(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [
+            int(c)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return []
 
 
 def main() -> int:
@@ -53,9 +72,11 @@ def main() -> int:
     parser.add_argument("--json-logs", action="store_true", help="add a gateway with APIM_LOG_FORMAT=json")
     parser.add_argument("--store", choices=("embedded", "redis", "both"), default="both")
     parser.add_argument("--before", metavar="REV", help="also the gateway of this git revision, per store")
+    parser.add_argument("--stream", action="store_true", help="streaming requests")
+    parser.add_argument("--workers", type=int, default=1, help="also a Redis-store gateway with N workers")
     args = parser.parse_args()
 
-    generate = Generator(Path(workdir()), {})
+    generate = Generator(Path(workdir()), {}, {**REQUEST, "stream": True} if args.stream else None)
 
     redis = redis_url() if args.store != "embedded" else None
     if args.store == "redis" and redis is None:
@@ -77,6 +98,11 @@ def main() -> int:
                 services[f"through the gateway (Redis store){suffix}"] = stack.enter_context(
                     gateway(upstream, source, **HUGE, **on_redis)
                 )
+        if redis and args.workers > 1:
+            on_redis = {"REDIS_URL": redis, "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
+            services[f"through the gateway (Redis store, {args.workers} workers)"] = stack.enter_context(
+                gateway(upstream, workers=args.workers, **HUGE, **on_redis)
+            )
         if args.cors:
             services["through the gateway (embedded store, CORS on)"] = stack.enter_context(
                 gateway(upstream, **HUGE, CORS_ORIGINS="*")
@@ -111,8 +137,9 @@ def main() -> int:
 
     print()
     print(
-        f"Load: {generate.name}, {args.duration} s x {args.rounds} rounds per target and connection count, "
-        "alternating; one uvicorn worker each; medians."
+        f"Load: {generate.name}, {'streaming' if args.stream else 'non-streaming'} requests, "
+        f"{args.duration} s x {args.rounds} rounds per target and connection count, alternating; one "
+        "uvicorn worker each unless named; medians."
     )
     print()
     print("| target | connections | req/s | p50 ms | p99 ms | failed | its own CPU µs per request |")

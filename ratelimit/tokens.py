@@ -79,6 +79,11 @@ def encoding(name: str) -> tiktoken.Encoding | None:
         return None
 
 
+@lru_cache(maxsize=256)
+def _encoding_name(model: str) -> str:
+    return encoding_name_for_model(model)
+
+
 def encoding_name_for_model(model: str) -> str:
     """``o200k_base`` for the gpt-4o / gpt-4.1 / o-series family, ``cl100k_base`` for gpt-4
     and gpt-3.5; models tiktoken does not know use the current default."""
@@ -88,14 +93,29 @@ def encoding_name_for_model(model: str) -> str:
         return DEFAULT_ENCODING
 
 
+CACHED_TEXT_CHARS = 2048
+"""Texts up to this long have their counts remembered (``_cached_count``): system prompts and
+templates recur request after request; at most 4,096 of them, so a few MB at worst."""
+
+
+def _count(text: str, encoding_name: str) -> int:
+    enc = encoding(encoding_name)
+    if enc is None:
+        return math.ceil(len(text) / CHARS_PER_TOKEN)
+    return len(enc.encode(text, disallowed_special=()))
+
+
+_cached_count = lru_cache(maxsize=4096)(_count)
+
+
 class TokenCounter:
     """Counts prompt tokens of chat requests the way OpenAI bills them."""
 
     def count_text(self, text: str, model: str) -> int:
-        enc = encoding(encoding_name_for_model(model))
-        if enc is None:
-            return math.ceil(len(text) / CHARS_PER_TOKEN)
-        return len(enc.encode(text, disallowed_special=()))
+        name = _encoding_name(model)
+        if len(text) <= CACHED_TEXT_CHARS:
+            return _cached_count(text, name)
+        return _count(text, name)
 
     def count_messages(
         self, messages: Iterable[Mapping[str, Any]], model: str, tools: Iterable[Any] | None = None

@@ -25,7 +25,13 @@ import httptools
 from pydantic import Field
 from pydantic_settings import BaseSettings
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 log = logging.getLogger("serving.connections")
@@ -214,6 +220,102 @@ def _bounds_of(app: Any) -> Bounds:
     return found if isinstance(found, Bounds) else Bounds()
 
 
+_HELD_OUT = frozenset({b"transfer-encoding", b"connection"})
+"""Headers whose meaning uvicorn interprets: an answer with one is written uvicorn's way."""
+
+
+def _head(status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> tuple[bytes, int] | None:
+    """An answer's status line and headers as uvicorn writes them, and its content-length; None
+    for an answer without one (streamed: written uvicorn's way, head first) or with a header
+    uvicorn interprets. Names and values are checked as uvicorn does, in one search each."""
+    content = [STATUS_LINE[status]]
+    length = -1
+    names = []
+    values = []
+    for raw, value in headers:
+        name = raw.lower()
+        if name == b"content-length":
+            if length >= 0:
+                return None
+            length = int(value.decode())
+        elif name in _HELD_OUT:
+            return None
+        names.append(name)
+        values.append(value)
+        content += (name, b": ", value, b"\r\n")
+    if length < 0:
+        return None
+    if HEADER_RE.search(b"".join(names)):
+        raise RuntimeError("Invalid HTTP header name.")
+    if HEADER_VALUE_RE.search(b"".join(values)):
+        raise RuntimeError("Invalid HTTP header value.")
+    if not keep_alive:
+        content.append(b"connection: close\r\n")
+    content.append(b"\r\n")
+    return b"".join(content), length
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, writing an answer of known length in one write (head and
+    body together) instead of two.
+
+    Each write is a system call and, the first one, a wake-up of the peer that then finds only
+    the head: on virtual machines that was an eighth of a forwarded request's CPU. Streamed
+    answers (no content-length) still get their head at once, as uvicorn writes it.
+    """
+
+    held = b""
+    """The head of the answer being sent, until its body comes."""
+
+    async def send(self, message: Any) -> None:
+        if self.held:
+            await self._send_with_head(message)
+        elif (
+            self.response_started
+            or message["type"] != "http.response.start"
+            or self.access_log
+            or self.scope["method"] == "HEAD"
+        ):
+            await super().send(message)
+        else:
+            found = _head(
+                message["status"], [*self.default_headers, *message.get("headers", ())], self.keep_alive
+            )
+            if found is None:
+                await super().send(message)
+                return
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if self.disconnected:
+                return
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            self.chunked_encoding = False
+            self.held, self.expected_content_length = found
+
+    async def _send_with_head(self, message: Any) -> None:
+        head, self.held = self.held, b""
+        body = message.get("body", b"")
+        if message["type"] != "http.response.body" or len(body) > self.expected_content_length:
+            self.transport.write(head)
+            await super().send(message)  # uvicorn's error for it
+            return
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        self.transport.write(head + body)
+        self.expected_content_length -= len(body)
+        if not message.get("more_body", False):
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+
 class BoundedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the bounds of ``Bounds`` (pass as ``http=``)."""
 
@@ -280,6 +382,8 @@ class BoundedProtocol(HttpToolsProtocol):
         super().shutdown()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn builds the cycle; its answers go out through ours (same state, one more method).
+        cycle.__class__ = OneWriteCycle
         self._running = cycle
         super()._start_asgi_task(cycle, app)
 
