@@ -17,7 +17,9 @@ requests; once the gateway's queue depth says they all wait:
 Each run starts fresh processes; medians over ``--runs``. The gateway needs one file per
 connection: ``--waiting`` is lowered to what the hard open-file limit allows, and says so.
 
-    python bench/queue_memory.py [--waiting 50000] [--runs 3] [--probes 300]
+With ``--source REV`` the gateway runs the tree of git revision REV (``git archive``) instead.
+
+    python bench/queue_memory.py [--waiting 50000] [--runs 3] [--probes 300] [--source REV]
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 from dataclasses import dataclass
 
 import uvloop
-from gateway_budget import HOST, HUGE, MESSAGES, MODEL, Service, gateway, mock, percentile
+from gateway_budget import HOST, HUGE, MESSAGES, MODEL, Service, gateway, mock, percentile, revision_tree
 
 PLUG_S = 3600
 """How long the mock takes to answer: the first request holds the gateway's only slot."""
@@ -95,6 +97,15 @@ class Probe:
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
 
     async def get(self, path: bytes) -> tuple[int, bytes]:
+        try:
+            return await self._get(path)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # Closed by the gateway's keep-alive timeout while the fill was being opened.
+            self.writer.close()
+            await self.open()
+            return await self._get(path)
+
+    async def _get(self, path: bytes) -> tuple[int, bytes]:
         self.writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\n\r\n" % (path, HOST.encode()))
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -140,6 +151,7 @@ async def fill(gw: Service, pid: int, port: int, probe: Probe, n: int, probes: i
     await probe.until_depth(depth0 + n, 600)
     fill_s = time.monotonic() - started
     await asyncio.sleep(1)  # the disconnect watchers start after a short grace: let them
+    await probe.healthz_ms()  # (re)opens the probe's connection: only a kept-alive one is timed
     latencies = [await probe.healthz_ms() for _ in range(probes)]
     with_n = rss_kb(pid)
     started = time.monotonic()
@@ -176,7 +188,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--fills", type=int, default=2, help="fills per run (the second checks for leaks)")
+    parser.add_argument("--source", metavar="REV", help="run the gateway of this git revision")
     args = parser.parse_args()
+    source = revision_tree(args.source) if args.source else None
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     n = args.waiting
@@ -195,7 +209,7 @@ def main() -> int:
     }
     runs: list[list[Fill]] = []
     for r in range(args.runs):
-        with mock(**HUGE, TTFT_MS=str(PLUG_S * 1000)) as upstream, gateway(upstream, **settings) as gw:
+        with mock(**HUGE, TTFT_MS=str(PLUG_S * 1000)) as upstream, gateway(upstream, source, **settings) as gw:
             Waiter.request = REQUEST % (gw.url.split("//")[1].encode(), len(BODY), BODY)
             fills = uvloop.run(run_once(gw, n, args.probes, args.fills))
         runs.append(fills)
