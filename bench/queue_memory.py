@@ -209,7 +209,8 @@ def main() -> int:
     }
     runs: list[list[Fill]] = []
     for r in range(args.runs):
-        with mock(**HUGE, TTFT_MS=str(PLUG_S * 1000)) as upstream, gateway(upstream, source, **settings) as gw:
+        slow = mock(**HUGE, TTFT_MS=str(PLUG_S * 1000))
+        with slow as upstream, gateway(upstream, source, **settings) as gw:
             Waiter.request = REQUEST % (gw.url.split("//")[1].encode(), len(BODY), BODY)
             fills = uvloop.run(run_once(gw, n, args.probes, args.fills))
         runs.append(fills)
