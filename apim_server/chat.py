@@ -141,6 +141,10 @@ async def forward(
         rewrite = True
     if rewrite:
         raw = json.dumps(data, separators=(",", ":")).encode()
+    model = parsed.model
+    # A request may wait long in the queue: the parsed body and its validated model (several
+    # times the raw bytes) are not kept alongside the bytes that are forwarded.
+    del data, parsed
     exchange = Exchange(
         gw,
         pool,
@@ -149,7 +153,7 @@ async def forward(
         raw,
         stream,
         include_usage,
-        parsed.model,
+        model,
         request_id,
         endpoint.path,
     )

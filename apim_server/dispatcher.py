@@ -25,6 +25,7 @@ from collections.abc import Callable
 from apim_server.admission import Outcome, TenantCharge, admit
 from apim_server.budget import Budget
 from apim_server.deadline import Prediction, Unfittable
+from apim_server.expiry import Deadlines
 from apim_server.flows import Flow
 from apim_server.grant import Grant
 from apim_server.queue import Priority, QueueFull, State, Ticket, TicketQueue
@@ -121,6 +122,7 @@ class Dispatcher:
         self._denied_for: Ticket | None = None
         self._repick: Ticket | None = None  # yielded to this instance's own tenant, asked again
         self._task: asyncio.Task[None] | None = None
+        self.deadlines = Deadlines()  # of the requests waiting here
         if health is not None:
             health.listen(self._wake.set)
 

@@ -2,8 +2,7 @@
 its pool, forward, retry or fail over, settle, answer, log.
 
 The request's own coroutine does the forwarding once the dispatcher grants it, so no task is
-spawned per request; a disconnect watcher is started only for a request that is still
-waiting after a short grace period.
+spawned per request; while it waits it holds no timer or task either (see ``_granted``).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from apim_server.upstream import capacity_429, final_429, passed_back, passed_ba
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
 from ratelimit.limits import Decision
+from serving.connections import CONNECTION_KEY
 
 if TYPE_CHECKING:
     from apim_server.gateway import Gateway
@@ -41,8 +41,6 @@ log = logging.getLogger("apim.request")
 PRIORITY_LINES = tuple(name.encode() for name in PRIORITY_NAMES)
 EXPECTED_LINE = EXPECTED_HEADER.encode()
 
-GRACE_S = 0.05
-"""A request admitted within this long never needs a disconnect watcher."""
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 8.0
 SHUTDOWN_RETRY_MS = 5000
@@ -154,6 +152,7 @@ class Exchange:
         "deadline",
         "expected_ms",
         "gw",
+        "hung_up",
         "include_usage",
         "last_error",
         "model",
@@ -203,6 +202,7 @@ class Exchange:
         self.upstream_s = 0.0
         self.retries_left = gw.settings.upstream_retries
         self.last_error: Response | None = None
+        self.hung_up = False  # the caller left while waiting
         self.trace = (
             None
             if gw.tracing is None
@@ -495,33 +495,75 @@ class Exchange:
             raise Unfittable(prediction, self.timeout_s)
 
     async def _granted(self, future: asyncio.Future[Grant], entered: float) -> Grant:
-        """The grant, or _Timeout / _Disconnected (the ticket then withdrawn)."""
-        dispatcher = self.pool.dispatcher
-        ticket = self.ticket
-        hung_up = False
+        """The grant, or _Timeout / _Disconnected (the ticket then withdrawn).
+
+        Nothing is spawned or armed per request: the pool's ``Deadlines`` expires the wait, and
+        the connection (or, under another server, a watcher task) says when the caller hangs up;
+        either withdraws the ticket and fails its future, which is all this awaits."""
+        deadlines = self.pool.dispatcher.deadlines
         if not future.done():
-            await asyncio.wait((future,), timeout=max(0.0, min(GRACE_S, self.deadline - entered)))
-        left = self.deadline - time.monotonic()
-        if not future.done() and left > 0:
-            watcher = asyncio.ensure_future(_disconnected(self.request.receive))
-            try:
-                # uvloop's timers count whole milliseconds of a cached clock, so one can end up
-                # to 1 ms early: a request that times out must have waited its whole timeout.
-                while not (future.done() or watcher.done()) and left > 0:
-                    await asyncio.wait((future, watcher), timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                    left = self.deadline - time.monotonic()
-            finally:
-                watcher.cancel()
-            hung_up = watcher.done() and not watcher.cancelled() and watcher.exception() is None
-        if not future.done() and dispatcher.cancel(ticket):
-            raise _Disconnected if hung_up else _Timeout
+            if self.deadline <= time.monotonic():
+                self.expired()
+            else:
+                deadlines.add(self, self.deadline)
+                watcher = self._watch_hang_up()
+                try:
+                    await future
+                except (_Timeout, _Disconnected):
+                    raise
+                except BaseException:
+                    if future.cancelled():
+                        # This coroutine was cancelled (awaiting the future cancels it too).
+                        self.pool.dispatcher.cancel(self.ticket)
+                    raise
+                finally:
+                    deadlines.remove(self, self.deadline)
+                    self._unwatch_hang_up(watcher)
         grant = future.result()
-        if hung_up:
+        if self.hung_up:
             # Granted just as the caller left: nothing will be sent, so give the slot and
             # the tokens back (the request itself stays counted: a store cannot return it).
             await grant.withdraw()
             raise _Disconnected
         return grant
+
+    def expired(self) -> None:
+        """The deadline passed while waiting (``Deadlines``)."""
+        self._withdraw(_Timeout)
+
+    def _hung_up(self) -> None:
+        self.hung_up = True
+        self._withdraw(_Disconnected)
+
+    def _withdraw(self, why: type[Exception]) -> None:
+        """Take the ticket out and fail its wait with ``why``, unless it was granted meanwhile."""
+        future = self.ticket.future
+        if future is not None and not future.done() and self.pool.dispatcher.cancel(self.ticket):
+            future.set_exception(why())
+
+    def _watch_hang_up(self) -> asyncio.Task[None] | None:
+        """Have ``_hung_up`` called if the caller leaves: told by the connection when it is
+        ``serving.connections``' (no task), else by a task reading ``receive``."""
+        connection = self.request.scope.get(CONNECTION_KEY)
+        if connection is not None:
+            connection.on_hang_up(self._hung_up)
+            return None
+        watcher = asyncio.ensure_future(_disconnected(self.request.receive))
+        watcher.add_done_callback(self._watcher_done)
+        return watcher
+
+    def _watcher_done(self, watcher: asyncio.Task[None]) -> None:
+        if not watcher.cancelled() and watcher.exception() is None:
+            self._hung_up()
+
+    def _unwatch_hang_up(self, watcher: asyncio.Task[None] | None) -> None:
+        if watcher is not None:
+            watcher.remove_done_callback(self._watcher_done)
+            watcher.cancel()
+            return
+        connection = self.request.scope.get(CONNECTION_KEY)
+        if connection is not None:
+            connection.on_hang_up(None)
 
     async def _backoff(self, attempt: int) -> None:
         """Exponential backoff with full jitter, never past the queue deadline."""

@@ -41,6 +41,8 @@ LINGER_S = 1.0
 the answer is not lost to a reset."""
 FILE_LIMIT_CAP = 1 << 20
 REFUSED_RETRY_MS = 1000
+CONNECTION_KEY = "serving.connection"
+"""The scope key under which a request finds its ``BoundedProtocol`` (``on_hang_up``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +347,7 @@ class BoundedProtocol(HttpToolsProtocol):
         self._begins = 0
         self._fed = 0
         self._head_chunks = 0
+        self._hang_up: Callable[[], None] | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -366,6 +369,7 @@ class BoundedProtocol(HttpToolsProtocol):
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
                 cycle.message_event.set()
+        self._tell_hang_up()
         self._cancel_timer()
         super().connection_lost(exc)
         self._burst.check_end(len(self.connections), self.bounds.max_connections)
@@ -385,7 +389,19 @@ class BoundedProtocol(HttpToolsProtocol):
         # uvicorn builds the cycle; its answers go out through ours (same state, one more method).
         cycle.__class__ = OneWriteCycle
         self._running = cycle
+        self._hang_up = None
         super()._start_asgi_task(cycle, app)
+
+    def on_hang_up(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called (once) if the caller of the request running now leaves; None
+        forgets it. A waiting request learns so without a task reading ``receive``."""
+        self._hang_up = callback
+
+    def _tell_hang_up(self) -> None:
+        callback = self._hang_up
+        if callback is not None:
+            self._hang_up = None
+            callback()
 
     def data_received(self, data: bytes) -> None:
         if self._draining:
@@ -451,6 +467,7 @@ class BoundedProtocol(HttpToolsProtocol):
                 )
             )
         self._in_head = False
+        self.scope[CONNECTION_KEY] = self  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
         self._arm(self.bounds.body_timeout_s, self._body_timed_out)
 
@@ -503,6 +520,7 @@ class BoundedProtocol(HttpToolsProtocol):
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
                 cycle.message_event.set()
+        self._tell_hang_up()
         if not writing:
             extra = []
             if status == 503:
