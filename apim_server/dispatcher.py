@@ -419,8 +419,9 @@ class Dispatcher:
         if decision is not None and ticket.share and self.instance is not None and len(self.members) == 1:
             # The record's tags of every tenant waiting here: this order stays the budget's.
             self.queue.observe(ticket, decision, named)
-        if ticket.state is not State.ADMITTING:
-            # The caller left (or shutdown began) during the store round trip.
+        if ticket.state is not State.ADMITTING or (ticket.future is not None and ticket.future.cancelled()):
+            # The caller left (or shutdown began) during the store round trip; or its wait was
+            # cancelled, which cancels the future at once and withdraws the ticket a step later.
             slot.release()
             if decision is not None and decision.allowed:
                 await member.return_tokens(ticket.cost.tokens, decision)

@@ -197,20 +197,24 @@ class _Body(httpx.AsyncByteStream):
         self._conn: _Connection | None = conn
         self._timeout = timeout
 
+    async def _chunk(self, conn: _Connection) -> bytes | None:
+        """The next piece of the body as it arrives (taken at once: a paused socket resumes), or
+        None at its end."""
+        while not conn.chunks:
+            if conn.complete:
+                return None
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(self._timeout)
+        return conn.take()
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
         if conn is None:
             return
         try:
-            while True:
-                if conn.chunks:
-                    yield conn.take()
-                    continue
-                if conn.complete:
-                    break
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(self._timeout)
+            while (chunk := await self._chunk(conn)) is not None:
+                yield chunk
         except BaseException:
             self._discard()
             raise
@@ -218,21 +222,14 @@ class _Body(httpx.AsyncByteStream):
         self._transport.release(conn)
 
     async def read(self) -> bytes:
-        """The whole body (what iterating yields, joined)."""
+        """The whole body (what iterating yields, joined), without an async generator."""
         conn = self._conn
         if conn is None:
             return b""
         parts = []
         try:
-            while True:
-                if conn.chunks:
-                    parts.append(conn.take())  # taken as it comes: a paused socket resumes
-                    continue
-                if conn.complete:
-                    break
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(self._timeout)
+            while (chunk := await self._chunk(conn)) is not None:
+                parts.append(chunk)
         except BaseException:
             self._discard()
             raise

@@ -348,6 +348,7 @@ class BoundedProtocol(HttpToolsProtocol):
         self._fed = 0
         self._head_chunks = 0
         self._hang_up: Callable[[], None] | None = None
+        self._gone = False  # the caller hung up, or was refused: the connection is ending
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -393,11 +394,16 @@ class BoundedProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def on_hang_up(self, callback: Callable[[], None] | None) -> None:
-        """Have ``callback`` called (once) if the caller of the request running now leaves; None
-        forgets it. A waiting request learns so without a task reading ``receive``."""
+        """Have ``callback`` called (once) if the caller of the request running now leaves, at
+        once if it has left already; None forgets it. A waiting request learns so without a task
+        reading ``receive``."""
         self._hang_up = callback
+        if self._gone:
+            # Left while nothing listened (the request was at the upstream, or backing off).
+            self._tell_hang_up()
 
     def _tell_hang_up(self) -> None:
+        self._gone = True
         callback = self._hang_up
         if callback is not None:
             self._hang_up = None
