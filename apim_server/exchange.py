@@ -599,11 +599,19 @@ class Exchange:
                 grant.release()
                 self._upstream_done(200 if outcome == 200 else "error", started, budget)
                 if outcome == 200:
-                    await upstream.aclose()
-                    actual = await gw.accounting.settle(
-                        budget, self.ticket.cost.tokens, decision, tap.usage, grant.charge
-                    )
-                    self._record(200, actual)
+                    # The stream is whole: its usage is settled and it is recorded even if the
+                    # caller hangs up now (which cancels this relay) while the store answers.
+                    async def settled() -> None:
+                        await upstream.aclose()
+                        actual = await gw.accounting.settle(
+                            budget, self.ticket.cost.tokens, decision, tap.usage, grant.charge
+                        )
+                        self._record(200, actual)
+
+                    settling = asyncio.get_running_loop().create_task(settled())
+                    _cleanup.add(settling)
+                    settling.add_done_callback(_cleanup.discard)
+                    await asyncio.shield(settling)
                 else:
                     # Cancelled (caller gone) or broken upstream: no awaiting here, close aside.
                     task = asyncio.get_running_loop().create_task(upstream.aclose())

@@ -22,14 +22,16 @@ rounds: before/after side by side, with the after/before ratios of the medians. 
 own CPU time per request (user and system, from /proc, summed over its worker processes) is
 printed too: steadier than rates when other processes share the machine.
 
-``--stream`` sends streaming requests instead (``"stream": true``; the mock answers each in
-~67 SSE chunks). ``--workers N`` adds a Redis-store gateway run with ``--workers N``: with
-cores to spare its throughput grows with N; on a machine without them, its CPU time per
-request (all workers together) against the one-worker gateway's says what N cores would give.
+``--stream`` sends streaming requests instead (``"stream": true``; the mock answers each in ~67
+SSE chunks); ``--tokens-per-s N`` has the mock produce N tokens a second, as a model does (a
+64-token answer then takes 64/N s), instead of answering at once. ``--workers N`` adds a
+Redis-store gateway run with ``--workers N``: with cores to spare its throughput grows with N;
+on a machine without them, its CPU time per request (all workers together) against the
+one-worker gateway's says what N cores would give.
 
     python bench/gateway_overhead.py [--duration 10] [--rounds 3] [--connections 64] [--cors]
                                      [--json-logs] [--store both] [--before REV] [--stream]
-                                     [--workers N]
+                                     [--tokens-per-s N] [--workers N]
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def main() -> int:
     parser.add_argument("--store", choices=("embedded", "redis", "both"), default="both")
     parser.add_argument("--before", metavar="REV", help="also the gateway of this git revision, per store")
     parser.add_argument("--stream", action="store_true", help="streaming requests")
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=0,
+        help="the mock's output speed (MOCK_TOKENS_PER_S; default 0 = instant), as a model streams",
+    )
     parser.add_argument("--workers", type=int, default=1, help="also a Redis-store gateway with N workers")
     args = parser.parse_args()
 
@@ -86,7 +94,8 @@ def main() -> int:
     if args.before:
         sources[f" at {args.before}"] = revision_tree(args.before)
     with ExitStack() as stack:
-        upstream = stack.enter_context(mock(**HUGE))
+        paced = {"TOKENS_PER_S": f"{args.tokens_per_s:g}"} if args.tokens_per_s else {}
+        upstream = stack.enter_context(mock(**HUGE, **paced))
         services = {"direct to the mock": upstream}
         for suffix, source in sources.items():
             if args.store != "redis":
