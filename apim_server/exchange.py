@@ -26,7 +26,7 @@ from apim_server.dispatcher import Closed
 from apim_server.grant import Grant
 from apim_server.queue import PRIORITY_NAMES, QueueFull, Ticket
 from apim_server.streaming import UsageTap
-from apim_server.transport import read_body
+from apim_server.transport import body_chunks, read_body
 from apim_server.upstream import capacity_429, final_429, passed_back, passed_back_raw, retry_wait_s
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
@@ -582,7 +582,7 @@ class Exchange:
         async def chunks() -> AsyncGenerator[bytes, None]:
             outcome = CLIENT_CLOSED  # unless the stream ends or the upstream breaks
             try:
-                async for chunk in upstream.aiter_bytes():
+                async for chunk in body_chunks(upstream):
                     out = scrub.feed(tap.feed(chunk))
                     if out:
                         yield out

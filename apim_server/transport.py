@@ -247,6 +247,16 @@ class _Body(httpx.AsyncByteStream):
             self._transport.release(conn)
 
 
+def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """``response``'s body as it arrives: this transport's stream itself when nothing is to be
+    decoded (httpx's ``aiter_bytes`` adds a decoder and three generators per chunk, and a stream
+    comes in a chunk per token)."""
+    stream = response.stream
+    if isinstance(stream, _Body) and "content-encoding" not in response.headers:
+        return stream.__aiter__()
+    return response.aiter_bytes()
+
+
 async def read_body(response: httpx.Response) -> bytes:
     """``response``'s whole body: from this transport's stream directly when nothing is to be
     decoded (httpx's ``aread`` passes each chunk through decoders and context managers)."""
