@@ -349,8 +349,7 @@ class Exchange:
             actual = await gw.accounting.settle(
                 budget, self.ticket.cost.tokens, decision, usage_of(content), grant.charge
             )
-        headers = gw.redactor.lines(passed_back_raw(upstream.headers))
-        headers += self._own_lines()
+        headers = self._answer_lines(upstream)
         self._record(status, actual)
         return Answer(status, headers, gw.redactor.body(content))
 
@@ -619,9 +618,7 @@ class Exchange:
                     task.add_done_callback(_cleanup.discard)
                     self._record(outcome, None)
 
-        headers = gw.redactor.lines(passed_back_raw(upstream.headers))
-        headers += self._own_lines()
-        return RelayResponse(grant, chunks(), headers)
+        return RelayResponse(grant, chunks(), self._answer_lines(upstream))
 
     # -- answering -----------------------------------------------------------------------------
 
@@ -636,26 +633,25 @@ class Exchange:
         return self.gw.redactor.headers(passed_back(upstream.headers))
 
     def _own_headers(self) -> dict[str, str]:
-        headers = {
-            "x-request-id": self.request_id,
-            "x-apim-queue-ms": str(round(self.queue_s * 1000)),
-            # The class it was queued in: a tenant's max_priority may have lowered what it asked.
-            "x-apim-priority": PRIORITY_NAMES[self.ticket.priority],
-        }
-        if self.expected_ms is not None:
-            headers[EXPECTED_HEADER] = str(self.expected_ms)
-        return headers
+        """``_own_lines`` as a header dict (for the gateway's own error answers)."""
+        return {name.decode(): value.decode("latin-1") for name, value in self._own_lines()}
 
     def _own_lines(self) -> list[tuple[bytes, bytes]]:
-        """``_own_headers`` as header lines."""
+        """The gateway's headers on every answer of a request that went through the queue."""
         lines = [
             (b"x-request-id", self.request_id.encode("latin-1")),
             (b"x-apim-queue-ms", b"%d" % round(self.queue_s * 1000)),
+            # The class it was queued in: a tenant's max_priority may have lowered what it asked.
             (b"x-apim-priority", PRIORITY_LINES[self.ticket.priority]),
         ]
         if self.expected_ms is not None:
             lines.append((EXPECTED_LINE, b"%d" % self.expected_ms))
         return lines
+
+    def _answer_lines(self, upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
+        """An upstream answer's headers as the caller gets them: what is passed back (redacted),
+        then the gateway's own."""
+        return self.gw.redactor.lines(passed_back_raw(upstream.headers)) + self._own_lines()
 
     def error(self, error: APIError) -> Response:
         return self.finish(error.response())

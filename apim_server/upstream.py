@@ -251,14 +251,18 @@ def remaining_and_reset(
     ]
 
 
-def final_429(content: bytes) -> bool:
-    """Whether an upstream 429 can never succeed by waiting: too large, or out of quota."""
+def _error_of(content: bytes) -> dict[str, Any]:
+    """The ``error`` object of an OpenAI-shaped error body; empty for any other body."""
     try:
         error = json.loads(content).get("error") or {}
     except (ValueError, AttributeError):
-        return False
-    if not isinstance(error, dict):
-        return False
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def final_429(content: bytes) -> bool:
+    """Whether an upstream 429 can never succeed by waiting: too large, or out of quota."""
+    error = _error_of(content)
     code = f"{error.get('code') or ''} {error.get('type') or ''}"
     return "insufficient_quota" in code or str(error.get("message", "")).startswith("Request too large")
 
@@ -275,11 +279,5 @@ _CAPACITY_WORDS = ("currently overloaded", "experiencing high demand", "during p
 def capacity_429(content: bytes) -> bool:
     """Whether an upstream 429 says the service is overloaded (its capacity, not our budget):
     waited out like any 429, but its figures say nothing about the budget's limits."""
-    try:
-        error = json.loads(content).get("error") or {}
-    except (ValueError, AttributeError):
-        return False
-    if not isinstance(error, dict):
-        return False
-    message = str(error.get("message", "")).lower()
+    message = str(_error_of(content).get("message", "")).lower()
     return any(words in message for words in _CAPACITY_WORDS)
