@@ -545,48 +545,85 @@ async def test_a_service_that_comes_up_later_shows_up_on_the_next_refresh() -> N
         assert "DOWN" in mock_panel
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
-def test_ctrl_c_exits_cleanly_and_restores_the_terminal() -> None:
-    import pty  # noqa: PLC0415 - POSIX only
+class TerminalMonitor:
+    """The monitor on a pseudo-terminal (POSIX), its output read on a thread as it comes."""
 
-    nowhere = f"http://127.0.0.1:{free_port()}"
-    master, child = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "--interval", "0.2", "--mock-url", nowhere, "--apim-url", nowhere],
-        stdin=child,
-        stdout=child,
-        stderr=subprocess.PIPE,
-    )
-    os.close(child)
-    output = bytearray()
-    frame_seen = threading.Event()
+    def __init__(self, interval: str) -> None:
+        import pty  # noqa: PLC0415 - POSIX only
+        import termios  # noqa: PLC0415
 
-    def read() -> None:
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        self.master, self.child = pty.openpty()
+        self.modes_before = termios.tcgetattr(self.child)  # before the monitor can change them
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monitor",
+                "--interval",
+                interval,
+                "--mock-url",
+                nowhere,
+                "--apim-url",
+                nowhere,
+            ],
+            stdin=self.child,
+            stdout=self.child,
+            stderr=subprocess.PIPE,
+        )
+        self.output = bytearray()
+        self.seen = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
         while True:
             try:
-                chunk = os.read(master, 65536)
+                chunk = os.read(self.master, 65536)
             except OSError:
                 return
             if not chunk:
                 return
-            output.extend(chunk)
-            if b"retrying every" in output:
-                frame_seen.set()
+            with self.seen:
+                self.output.extend(chunk)
+                self.seen.notify_all()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    def mark(self) -> int:
+        with self.seen:
+            return len(self.output)
+
+    def wait_for(self, needle: bytes, start: int = 0) -> None:
+        """Until ``needle`` shows (escape sequences aside) after output position ``start``."""
+        with self.seen:
+            assert self.seen.wait_for(lambda: needle in ANSI.sub(b"", self.output[start:]), 30), bytes(
+                self.output
+            )
+
+    def final_output(self) -> bytes:
+        """All the output of a monitor that has exited: read until nothing came for 0.3 s."""
+        deadline = time.monotonic() + 15
+        with self.seen:
+            while self.seen.wait(0.3) and time.monotonic() < deadline:
+                pass
+            return bytes(self.output)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        os.close(self.child)
+        os.close(self.master)
+        assert b"Traceback" not in self.proc.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_ctrl_c_exits_cleanly_and_restores_the_terminal() -> None:
+    term = TerminalMonitor(interval="0.2")
     try:
-        assert frame_seen.wait(30), bytes(output)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-        reader.join(5)
+        term.wait_for(b"retrying every")
+        term.proc.send_signal(signal.SIGINT)
+        assert term.proc.wait(15) == 0
+        assert term.final_output().rstrip().endswith(b"\x1b[?25h")  # the cursor Live hid is shown again
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
-    plain = bytes(output)
-    assert plain.rstrip().endswith(b"\x1b[?25h")  # the cursor Live hid is shown again
+        term.close()
 
 
 def test_instances_on_one_redis_show_the_shared_budget_and_their_summed_queues(
@@ -894,59 +931,24 @@ def test_every_view_fits_80_columns_without_wrapping(view: View, name: str) -> N
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_keys_switch_views_and_q_quits_restoring_the_terminal() -> None:
-    import pty  # noqa: PLC0415 - POSIX only
-    import termios  # noqa: PLC0415
+    import termios  # noqa: PLC0415 - POSIX only
 
-    nowhere = f"http://127.0.0.1:{free_port()}"
-    master, child = pty.openpty()
-    before = termios.tcgetattr(child)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "--interval", "5", "--mock-url", nowhere, "--apim-url", nowhere],
-        stdin=child,
-        stdout=child,
-        stderr=subprocess.PIPE,
-    )
-    output = bytearray()
-    seen = threading.Condition()
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            with seen:
-                output.extend(chunk)
-                seen.notify_all()
-
-    def wait_for(needle: bytes, start: int = 0) -> None:
-        with seen:
-            assert seen.wait_for(lambda: needle in ANSI.sub(b"", output[start:]), 30), bytes(output)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    term = TerminalMonitor(interval="5")
     try:
-        wait_for(b"LLM mock")
-        wait_for(b"quit")  # keys work on a terminal: the help line says which
-        os.write(master, b"b")
-        wait_for(b"Gateway budgets")  # redrawn at once, not at the next 5 s refresh
-        with seen:
-            mark = len(output)
-        os.write(master, b"o")
-        wait_for(b"LLM mock", mark)
-        os.write(master, b"q")
-        assert proc.wait(15) == 0
-        with seen:  # the cursor Live hid is shown again, last
-            assert seen.wait_for(lambda: output.rstrip().endswith(b"\x1b[?25h"), 15), bytes(output)
-        assert termios.tcgetattr(child) == before, "cbreak mode undone"
+        term.wait_for(b"LLM mock")
+        term.wait_for(b"quit")  # keys work on a terminal: the help line says which
+        os.write(term.master, b"b")
+        term.wait_for(b"Gateway budgets")  # redrawn at once, not at the next 5 s refresh
+        mark = term.mark()
+        os.write(term.master, b"o")
+        term.wait_for(b"LLM mock", mark)
+        os.write(term.master, b"q")
+        assert term.proc.wait(15) == 0
+        # The cursor Live hid is shown again, last.
+        assert term.final_output().rstrip().endswith(b"\x1b[?25h")
+        assert termios.tcgetattr(term.child) == term.modes_before, "cbreak mode undone"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(child)
-        os.close(master)
-    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+        term.close()
 
 
 def test_once_prints_the_chosen_view() -> None:
