@@ -109,8 +109,8 @@ class TicketQueue:
     weighted fair order (``flows``), then FIFO within a tenant's class.
 
     Push, cancel and the next head are O(1) or O(log tenants). A cancelled or granted ticket
-    stays in its deques until it reaches a front, where it is dropped; ``depth`` counts only
-    tickets still waiting. Entries carry the ticket's generation so that a ticket put back in
+    stays in its deques until it reaches a front, where it is dropped (at once, when it leaves
+    from a front); ``depth`` counts only tickets still waiting. Entries carry the ticket's generation so that a ticket put back in
     the queue never revives its old place. Each class also keeps every ticket in arrival order
     (for aging, batches, shutdown and the oldest wait).
     """
@@ -324,6 +324,9 @@ class TicketQueue:
                 self.order.active.pop(flow, None)
             if state is State.GRANTED:
                 self.order.served(flow, ticket.share)
+        # Dead entries at the front go now: left there, batches and the aging look-ahead would
+        # scan them, and they would keep answered tickets alive.
+        _trim(self._classes[p])
         return True
 
     def drain(self) -> list[Ticket]:
@@ -340,8 +343,7 @@ class TicketQueue:
         """Monotonic arrival time of the longest-waiting ticket (a class's first: FIFO)."""
         oldest = None
         for waiting in self._classes:
-            while waiting and not _live(waiting[0]):
-                waiting.popleft()
+            _trim(waiting)
             if waiting:
                 arrived = waiting[0][1].arrived
                 if oldest is None or arrived < oldest:
@@ -389,3 +391,8 @@ class TicketQueue:
 
 def _live(entry: tuple[int, Ticket]) -> bool:
     return entry[0] == entry[1].generation and entry[1].waiting
+
+
+def _trim(waiting: deque[tuple[int, Ticket]]) -> None:
+    while waiting and not _live(waiting[0]):
+        waiting.popleft()

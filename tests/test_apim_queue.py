@@ -127,3 +127,30 @@ def test_priority_header_values(header: str | None, expected: Priority) -> None:
 def test_unknown_priority_is_an_error(header: str) -> None:
     with pytest.raises(ValueError, match=header):
         Priority.parse(header)
+
+
+async def test_aging_sees_a_risen_ticket_behind_many_already_admitted() -> None:
+    # Admitted tickets must not crowd the aging look-ahead (nor stay in the queue, held).
+    queue = TicketQueue(100, aging_s=0.01)
+    for _ in range(40):
+        queue.push(ticket(Priority.LOW))
+        admit(queue)
+    risen = ticket(Priority.LOW)
+    risen.arrived -= 0.05  # waited 5 aging steps: it now ranks with HIGH
+    queue.push(risen)
+    normal = ticket(Priority.NORMAL)
+    queue.push(normal)
+    assert queue.head() is risen
+    assert queue.first(2) == [risen, normal]
+
+
+async def test_many_admitted_tickets_leave_no_trace_in_the_batches() -> None:
+    queue = TicketQueue(100)
+    for _ in range(1000):
+        queue.push(ticket())
+        (only,) = queue.first(32)
+        assert queue.leave(only, State.GRANTED)
+    last = ticket()
+    queue.push(last)
+    assert queue.first(32) == [last]
+    assert sum(len(entries) for entries in queue._classes) == 1
