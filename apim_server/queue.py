@@ -110,9 +110,9 @@ class TicketQueue:
 
     Push, cancel and the next head are O(1) or O(log tenants). A cancelled or granted ticket
     stays in its deques until it reaches a front, where it is dropped (at once, when it leaves
-    from a front); ``depth`` counts only tickets still waiting. Entries carry the ticket's generation so that a ticket put back in
-    the queue never revives its old place. Each class also keeps every ticket in arrival order
-    (for aging, batches, shutdown and the oldest wait).
+    from a front); ``depth`` counts only tickets still waiting. Entries carry the ticket's
+    generation so that a ticket put back in the queue never revives its old place. Each class
+    also keeps every ticket in arrival order (for aging, batches, shutdown and the oldest wait).
     """
 
     def __init__(
