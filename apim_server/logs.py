@@ -6,8 +6,8 @@ import logging
 import sys
 
 from serving import request_log
-from serving.log_format import JsonFormatter
-from serving.request_log import BatchedStreamHandler, EscapeArgs
+from serving.log_format import JsonFormatter, TextFormatter
+from serving.request_log import BatchedStreamHandler, EscapeArgs, lighten_records
 
 REQUEST_LOGGER = "apim.request"
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -24,6 +24,7 @@ def configure(level: str, log_format: str = "text") -> None:
     if any(isinstance(h, BatchedStreamHandler) for h in requests.handlers):
         return
     numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
+    lighten_records()
     logging.basicConfig(level=numeric, format=FORMAT, stream=sys.stderr)
     handler = BatchedStreamHandler(sys.stderr)
     handlers = [*logging.getLogger().handlers, handler]
@@ -33,10 +34,9 @@ def configure(level: str, log_format: str = "text") -> None:
             each.setFormatter(JsonFormatter())
         else:
             each.addFilter(EscapeArgs())
+            each.setFormatter(TextFormatter(FORMAT))
     if log_format == "json":
         logging.captureWarnings(True)  # a Python warning is a line on stderr too
-    else:
-        handler.setFormatter(logging.Formatter(FORMAT))
     requests.addHandler(handler)
     requests.propagate = False
     # httpx logs every request at INFO: our own line per request says more, once.

@@ -26,6 +26,7 @@ from ratelimit.limiter import Limiter, open_store
 from ratelimit.store import Clock
 from ratelimit.tokens import encoding, encoding_name_for_model
 from serving.connections import Bounds
+from serving.request_log import lighten_records
 from serving.urls import redacted
 
 log = logging.getLogger("llm_mock_server")
@@ -85,6 +86,7 @@ class MockApp:
 def create_app(settings: MockSettings | None = None, clock: Clock | None = None) -> MockApp:
     """Build the mock; ``clock`` (ms since the epoch) replaces the store's time in tests."""
     settings = settings or MockSettings()
+    lighten_records()  # in each worker process: its lines show no caller, thread or process
     limits = settings_limits(settings)
     per_model = load_model_limits(settings.config, settings) if settings.config else {}
     store = open_store(settings.redis_url, settings.redis_prefix, clock=clock)

@@ -76,6 +76,24 @@ def _value(arg: Any, kind: str, decimals: int | None) -> Any:
     return _value(str(arg), "s", None)
 
 
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter`` with its default time stamp made once per second, not per record."""
+
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self._stamp: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        stamp = self._stamp
+        if stamp[0] != second:
+            # Replaced whole, never changed in place: handlers on other threads may read it.
+            stamp = self._stamp = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return self.default_msec_format % (stamp[1], record.msecs)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``message`` (the
     text line's message, values escaped as there), each ``name=%s`` argument of the template as a

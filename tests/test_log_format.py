@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from serving.log_format import JsonFormatter
+from serving.log_format import JsonFormatter, TextFormatter
 from tests.processes import Spec, free_port, running_all
 from tests.test_apim_e2e import gateway_spec, mock_spec, run_main
 
@@ -126,3 +126,14 @@ def test_a_long_value_is_cut_as_in_text_lines_and_an_exception_kept() -> None:
     failed = json.loads(JsonFormatter().format(_record("unhandled error in %s", "/v1/x", exc=True)))
     assert failed["message"] == "unhandled error in /v1/x"
     assert "ValueError: boom" in failed["exc_info"]
+
+
+def test_text_lines_are_stamped_as_logging_stamps_them_across_seconds() -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    ours, stdlib = TextFormatter(fmt), logging.Formatter(fmt)
+    for created in (1_765_000_000.004, 1_765_000_000.999, 1_765_000_001.5, 1_765_000_000.25):
+        record = logging.LogRecord("apim.request", logging.INFO, __file__, 1, "id=%s", ("a",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == stdlib.format(record)
+    record.created = 1_765_000_003.0
+    assert ours.formatTime(record, "%H") == stdlib.formatTime(record, "%H")
