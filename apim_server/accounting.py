@@ -58,6 +58,15 @@ class Accounting:
         self._excess = metrics.tokens_charged.labels(kind="excess")
         self._unused = metrics.tokens_refunded.labels(kind="unused")
 
+    def touches_store(self, estimate: int, usage: Mapping[str, Any] | None) -> bool:
+        """Whether settling ``usage`` against ``estimate`` asks the store (else ``settle`` runs
+        to its end without suspending, so nothing can cancel it part-way)."""
+        actual = None if usage is None else total_tokens(usage)
+        if actual is None:
+            return False
+        actual = clamped(actual)
+        return actual > estimate or (self.refund_unused and actual < estimate)
+
     async def settle(
         self,
         budget: Budget,

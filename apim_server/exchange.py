@@ -26,7 +26,7 @@ from apim_server.dispatcher import Closed
 from apim_server.grant import Grant
 from apim_server.queue import PRIORITY_NAMES, QueueFull, Ticket
 from apim_server.streaming import UsageTap
-from apim_server.transport import body_chunks, read_body
+from apim_server.transport import body_chunks, body_ended, read_body
 from apim_server.upstream import capacity_429, final_429, passed_back, passed_back_raw, retry_wait_s
 from openai_wire.errors import APIError
 from openai_wire.headers import retry_after_headers
@@ -83,7 +83,8 @@ def shutdown_error() -> APIError:
 
 
 class RelayResponse:
-    """A streamed answer, relayed chunk by chunk until it ends or the caller hangs up; gives its
+    """A streamed answer, relayed piece by piece (``content`` yields each with whether it is the
+    last) until it ends or the caller hangs up; gives its
     grant's slot back however it ends, even when the caller is gone before the first chunk.
 
     Starlette's ``StreamingResponse`` would do the same with a task group per answer (a tenth of
@@ -91,7 +92,10 @@ class RelayResponse:
     """
 
     def __init__(
-        self, grant: Grant, content: AsyncGenerator[bytes, None], raw_headers: list[tuple[bytes, bytes]]
+        self,
+        grant: Grant,
+        content: AsyncGenerator[tuple[bytes, bool], None],
+        raw_headers: list[tuple[bytes, bytes]],
     ) -> None:
         self.grant = grant
         self.body_iterator = content
@@ -111,10 +115,13 @@ class RelayResponse:
         watcher.add_done_callback(hung_up)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finished = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async for chunk, last in self.body_iterator:
+                # The last piece carries the end of the answer: one write, not two.
+                finished = finished or last
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if not finished:
+                finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise  # not the caller leaving
@@ -573,22 +580,22 @@ class Exchange:
     def _relay(self, upstream: httpx.Response, grant: Grant, started: float) -> RelayResponse:
         """Pass the stream through chunk by chunk; settle usage and release the slot at its end."""
         gw = self.gw
-        decision = grant.decision
         budget = grant.budget
         tap = UsageTap(strip=not self.include_usage)
         scrub = gw.redactor.stream()
 
-        async def chunks() -> AsyncGenerator[bytes, None]:
+        async def chunks() -> AsyncGenerator[tuple[bytes, bool], None]:
             outcome = CLIENT_CLOSED  # unless the stream ends or the upstream breaks
             try:
+                last = b""
                 async for chunk in body_chunks(upstream):
                     out = scrub.feed(tap.feed(chunk))
-                    if out:
-                        yield out
-                rest = scrub.feed(tap.flush()) + scrub.flush()
-                if rest:
-                    yield rest
+                    if body_ended(upstream):
+                        last = out  # the loop ends at once: it goes with the end of the answer
+                    elif out:
+                        yield out, False
                 outcome = 200
+                last += scrub.feed(tap.flush()) + scrub.flush()
             except httpx.TransportError:
                 # Nothing can be resent mid-stream: the caller's connection is cut so it knows.
                 outcome = 502
@@ -597,28 +604,39 @@ class Exchange:
             finally:
                 grant.release()
                 self._upstream_done(200 if outcome == 200 else "error", started, budget)
-                if outcome == 200:
-                    # The stream is whole: its usage is settled and it is recorded even if the
-                    # caller hangs up now (which cancels this relay) while the store answers.
-                    async def settled() -> None:
-                        await upstream.aclose()
-                        actual = await gw.accounting.settle(
-                            budget, self.ticket.cost.tokens, decision, tap.usage, grant.charge
-                        )
-                        self._record(200, actual)
-
-                    settling = asyncio.get_running_loop().create_task(settled())
-                    _cleanup.add(settling)
-                    settling.add_done_callback(_cleanup.discard)
-                    await asyncio.shield(settling)
-                else:
+                if outcome != 200:
                     # Cancelled (caller gone) or broken upstream: no awaiting here, close aside.
                     task = asyncio.get_running_loop().create_task(upstream.aclose())
                     _cleanup.add(task)
                     task.add_done_callback(_cleanup.discard)
                     self._record(outcome, None)
+            # Settled before the caller sees the end, as a whole answer is; then the end goes
+            # with what is left of the stream, in one write.
+            await self._settle_stream(upstream, grant, tap.usage)
+            yield last, True
 
         return RelayResponse(grant, chunks(), self._answer_lines(upstream))
+
+    async def _settle_stream(
+        self, upstream: httpx.Response, grant: Grant, usage: dict[str, Any] | None
+    ) -> None:
+        """A whole stream's usage settled and its request recorded, even when the caller hangs
+        up meanwhile (which cancels the relay): in a task of its own when the store is asked."""
+        gw = self.gw
+        estimate = self.ticket.cost.tokens
+
+        async def settled() -> None:
+            actual = await gw.accounting.settle(grant.budget, estimate, grant.decision, usage, grant.charge)
+            self._record(200, actual)
+
+        if gw.accounting.touches_store(estimate, usage):
+            settling = asyncio.get_running_loop().create_task(settled())
+            _cleanup.add(settling)
+            settling.add_done_callback(_cleanup.discard)
+            await asyncio.shield(settling)
+        else:
+            await settled()  # runs to its end without suspending: nothing can cancel it part-way
+        await upstream.aclose()
 
     # -- answering -----------------------------------------------------------------------------
 

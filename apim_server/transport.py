@@ -240,6 +240,12 @@ class _Body(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         self._discard()
 
+    @property
+    def ended(self) -> bool:
+        """Whether the whole body has arrived and been taken."""
+        conn = self._conn
+        return conn is not None and conn.complete and not conn.chunks
+
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -255,6 +261,13 @@ def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     if isinstance(stream, _Body) and "content-encoding" not in response.headers:
         return stream.__aiter__()
     return response.aiter_bytes()
+
+
+def body_ended(response: httpx.Response) -> bool:
+    """Whether the piece of ``response``'s body just taken from ``body_chunks`` was its last
+    (known only for this transport's bodies; False otherwise)."""
+    stream = response.stream
+    return isinstance(stream, _Body) and stream.ended
 
 
 async def read_body(response: httpx.Response) -> bytes:

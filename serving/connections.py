@@ -229,9 +229,10 @@ _HELD_OUT = frozenset({b"transfer-encoding", b"connection"})
 
 
 def _head(status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> tuple[bytes, int] | None:
-    """An answer's status line and headers as uvicorn writes them, and its content-length; None
-    for an answer without one (streamed: written uvicorn's way, head first) or with a header
-    uvicorn interprets. Names and values are checked as uvicorn does, in one search each."""
+    """An answer's status line and headers as uvicorn writes them, and its content-length (-1:
+    none, the answer is streamed in chunks); None for an answer with a header uvicorn interprets,
+    or without a length and with no body to chunk (204, 304). Names and values are checked as
+    uvicorn does, in one search each."""
     content = [STATUS_LINE[status]]
     length = -1
     names = []
@@ -248,7 +249,9 @@ def _head(status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> 
         values.append(value)
         content += (name, b": ", value, b"\r\n")
     if length < 0:
-        return None
+        if status in (204, 304):
+            return None
+        content.append(b"transfer-encoding: chunked\r\n")
     if HEADER_RE.search(b"".join(names)):
         raise RuntimeError("Invalid HTTP header name.")
     if HEADER_VALUE_RE.search(b"".join(values)):
@@ -260,16 +263,19 @@ def _head(status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> 
 
 
 class OneWriteCycle(RequestResponseCycle):
-    """uvicorn's request-response cycle, writing an answer of known length in one write (head and
-    body together) instead of two.
+    """uvicorn's request-response cycle, writing an answer's head together with its body.
 
-    Each write is a system call and, the first one, a wake-up of the peer that then finds only
-    the head: on virtual machines that was an eighth of a forwarded request's CPU. Streamed
-    answers (no content-length) still get their head at once, as uvicorn writes it.
+    Each write is a system call and, on loopback, the peer's receive work too; uvicorn writes the
+    head on its own. An answer of known length goes out in one write (head and body); a streamed
+    one has its head go with its first piece when that comes in the same turn of the event loop
+    (else on its own at the end of that turn: never later), and its last piece with the chunked
+    terminator (as uvicorn does, when the app sends it with ``more_body`` false).
     """
 
     held = b""
     """The head of the answer being sent, until its body comes."""
+    loop: asyncio.AbstractEventLoop
+    """Set by ``BoundedProtocol`` when it starts the cycle."""
 
     async def send(self, message: Any) -> None:
         if self.held:
@@ -294,23 +300,45 @@ class OneWriteCycle(RequestResponseCycle):
                 return
             self.response_started = True
             self.waiting_for_100_continue = False
-            self.chunked_encoding = False
-            self.held, self.expected_content_length = found
+            self.held, length = found
+            if length < 0:
+                self.chunked_encoding = True
+                self.expected_content_length = 0
+                self.loop.call_soon(self._write_held)
+            else:
+                self.chunked_encoding = False
+                self.expected_content_length = length
+
+    def _write_held(self) -> None:
+        head, self.held = self.held, b""
+        if head and not self.disconnected and not self.transport.is_closing():
+            self.transport.write(head)
 
     async def _send_with_head(self, message: Any) -> None:
-        head, self.held = self.held, b""
         body = message.get("body", b"")
-        if message["type"] != "http.response.body" or len(body) > self.expected_content_length:
-            self.transport.write(head)
+        if message["type"] != "http.response.body" or (
+            not self.chunked_encoding and len(body) > self.expected_content_length
+        ):
+            self._write_held()
             await super().send(message)  # uvicorn's error for it
             return
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
+        head, self.held = self.held, b""  # empty if written meanwhile (the drain took a turn)
         if self.disconnected:
             return
-        self.transport.write(head + body)
-        self.expected_content_length -= len(body)
-        if not message.get("more_body", False):
+        more_body = message.get("more_body", False)
+        if self.chunked_encoding:
+            content = [head]
+            if body:
+                content += (b"%x\r\n" % len(body), body, b"\r\n")
+            if not more_body:
+                content.append(b"0\r\n\r\n")
+            self.transport.write(b"".join(content))
+        else:
+            self.transport.write(head + body)
+            self.expected_content_length -= len(body)
+        if not more_body:
             if self.expected_content_length != 0:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.response_complete = True
@@ -414,6 +442,7 @@ class BoundedProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # uvicorn builds the cycle; its answers go out through ours (same state, one more method).
         cycle.__class__ = OneWriteCycle
+        cycle.loop = self.loop  # type: ignore[attr-defined]
         cycle.message_event = LeanEvent(cycle.message_event.is_set())  # type: ignore[assignment]
         self._running = cycle
         self._hang_up = None

@@ -146,3 +146,19 @@ def test_a_caller_gone_while_its_request_was_upstream_is_not_sent_again() -> Non
         assert upstream.hits == 1
         assert metric(gw, "apim_requests_total", status="200") == 0
         assert gw.status()["queue"]["depth"] == 0
+
+
+def test_a_streamed_answers_head_is_not_held_back_until_its_first_token() -> None:
+    # The head goes with the first piece only when that piece is there at once.
+    payload = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "stream": True}
+    with mock_and_gateway({"TTFT_MS": "1500"}) as (upstream, gw):
+        for service in (upstream, gw):
+            started = time.monotonic()
+            with httpx.stream("POST", f"{service.v1}/chat/completions", json=payload, timeout=10) as response:
+                head_s = time.monotonic() - started
+                assert response.status_code == 200
+                body = b"".join(response.iter_raw())
+                body_s = time.monotonic() - started
+            assert head_s < 1.0, f"{service.url}: the head came after {head_s:.2f} s"
+            assert body_s >= 1.4, "the first token came after the time to first token"
+            assert body.rstrip().endswith(b"data: [DONE]")
