@@ -27,11 +27,13 @@ SSE chunks); ``--tokens-per-s N`` has the mock produce N tokens a second, as a m
 64-token answer then takes 64/N s), instead of answering at once. ``--workers N`` adds a
 Redis-store gateway run with ``--workers N``: with cores to spare its throughput grows with N;
 on a machine without them, its CPU time per request (all workers together) against the
-one-worker gateway's says what N cores would give.
+one-worker gateway's says what N cores would give. ``--floor`` adds ``bare_proxy.py``: the same
+HTTP stack (uvicorn, the connection protocol, the keep-alive transport) passing requests through
+with no work of the gateway's own, the floor under any gateway built on it.
 
     python bench/gateway_overhead.py [--duration 10] [--rounds 3] [--connections 64] [--cors]
                                      [--json-logs] [--store both] [--before REV] [--stream]
-                                     [--tokens-per-s N] [--workers N]
+                                     [--tokens-per-s N] [--workers N] [--floor]
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from pathlib import Path
 
 import httpx
 from _load import REQUEST, Generator, Round, load_options, median_round
-from gateway_budget import HUGE, gateway, mock, redis_url, revision_tree, workdir
+from gateway_budget import HUGE, gateway, mock, redis_url, revision_tree, service, workdir
+
+FLOOR = "bare uvicorn proxy (the floor: bench/bare_proxy.py)"
 
 
 def cpu_s(pid: int) -> float:
@@ -82,6 +86,9 @@ def main() -> int:
         help="the mock's output speed (MOCK_TOKENS_PER_S; default 0 = instant), as a model streams",
     )
     parser.add_argument("--workers", type=int, default=1, help="also a Redis-store gateway with N workers")
+    parser.add_argument(
+        "--floor", action="store_true", help="also bare_proxy.py: the same HTTP stack with no gateway work"
+    )
     args = parser.parse_args()
 
     generate = Generator(Path(workdir()), {}, {**REQUEST, "stream": True} if args.stream else None)
@@ -120,6 +127,10 @@ def main() -> int:
             services["through the gateway (embedded store, JSON logs)"] = stack.enter_context(
                 gateway(upstream, **HUGE, LOG_FORMAT="json")
             )
+        if args.floor:
+            bench = str(Path(__file__).resolve().parent)
+            env = {"BARE_UPSTREAM_URL": upstream.v1, "PYTHONPATH": bench}
+            services[FLOOR] = stack.enter_context(service("bare_proxy", env))
         targets = {name: service.v1 for name, service in services.items()}
         urls = {name: f"{v1}/chat/completions" for name, v1 in targets.items()}
         status_urls = {name: v1.removesuffix("/v1") + "/status" for name, v1 in targets.items()}
@@ -141,7 +152,7 @@ def main() -> int:
         lags = {
             name: httpx.get(url, timeout=10).json()["dispatch_lag_ms"]
             for name, url in status_urls.items()
-            if name != "direct to the mock"
+            if name not in ("direct to the mock", FLOOR)
         }
 
     print()
