@@ -84,8 +84,8 @@ def shutdown_error() -> APIError:
 
 class RelayResponse:
     """A streamed answer, relayed piece by piece (``content`` yields each with whether it is the
-    last) until it ends or the caller hangs up; gives its
-    grant's slot back however it ends, even when the caller is gone before the first chunk.
+    last) until it ends or the caller hangs up; gives its grant's slot back however it ends, even
+    when the caller is gone before the first piece.
 
     Starlette's ``StreamingResponse`` would do the same with a task group per answer (a tenth of
     a streamed request's CPU): here one watcher task cancels the relay when the caller leaves.

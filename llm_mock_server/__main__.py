@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         server_header=False,
         http=BoundedProtocol,
         timeout_keep_alive=settings.keep_alive_s,
+        # Nothing reads a caller's address or scheme: X-Forwarded-* would be parsed for nothing.
+        proxy_headers=False,
     )
 
 
