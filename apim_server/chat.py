@@ -85,6 +85,16 @@ async def forward(
     ``deployment`` is the Azure deployment an inbound Azure path names: it stands for the
     model, whatever the body says (as at Azure).
     """
+    # Two steps, so that a request waiting in the queue holds this small frame rather than the
+    # one that read and checked it.
+    exchange = await _exchange(gw, request, endpoint, deployment)
+    return exchange if isinstance(exchange, Response) else await exchange.run()
+
+
+async def _exchange(
+    gw: Gateway, request: Request, endpoint: ApiEndpoint, deployment: str | None
+) -> Exchange | Response:
+    """The request read, checked and ready to queue; or, refused, the caller's answer."""
     request_id = request.headers.get("x-request-id") or new_request_id()
     model = ""
     gw.metrics.received()
@@ -141,11 +151,9 @@ async def forward(
         rewrite = True
     if rewrite:
         raw = json.dumps(data, separators=(",", ":")).encode()
-    model = parsed.model
-    # A request may wait long in the queue: the parsed body and its validated model (several
-    # times the raw bytes) are not kept alongside the bytes that are forwarded.
-    del data, parsed
-    exchange = Exchange(
+    # Returned, not run from here: the parsed body and its validated model (several times the
+    # raw bytes) go with this frame before the wait, and only the bytes to forward stay.
+    return Exchange(
         gw,
         pool,
         request,
@@ -153,11 +161,10 @@ async def forward(
         raw,
         stream,
         include_usage,
-        model,
+        parsed.model,
         request_id,
         endpoint.path,
     )
-    return await exchange.run()
 
 
 def _name_model(gw: Gateway, data: dict[str, Any], deployment: str | None) -> tuple[str, bool]:
