@@ -578,7 +578,8 @@ class Exchange:
     # -- streaming -----------------------------------------------------------------------------
 
     def _relay(self, upstream: httpx.Response, grant: Grant, started: float) -> RelayResponse:
-        """Pass the stream through chunk by chunk; settle usage and release the slot at its end."""
+        """Pass the stream through piece by piece; settle its usage once known, before the caller
+        sees it; release the slot at its end."""
         gw = self.gw
         budget = grant.budget
         tap = UsageTap(strip=not self.include_usage)
@@ -586,16 +587,26 @@ class Exchange:
 
         async def chunks() -> AsyncGenerator[tuple[bytes, bool], None]:
             outcome = CLIENT_CLOSED  # unless the stream ends or the upstream breaks
+            actual: int | None = None
+            settled = False
             try:
                 last = b""
                 async for chunk in body_chunks(upstream):
                     out = scrub.feed(tap.feed(chunk))
+                    if tap.usage is not None and not settled:
+                        # Settled before the caller sees the usage, or the end that follows it,
+                        # as a whole answer is settled before it goes.
+                        settled = True
+                        actual = await self._settle_usage(grant, tap.usage)
                     if body_ended(upstream):
                         last = out  # the loop ends at once: it goes with the end of the answer
                     elif out:
                         yield out, False
                 outcome = 200
                 last += scrub.feed(tap.flush()) + scrub.flush()
+                if not settled:
+                    actual = await self._settle_usage(grant, tap.usage)
+                await upstream.aclose()
             except httpx.TransportError:
                 # Nothing can be resent mid-stream: the caller's connection is cut so it knows.
                 outcome = 502
@@ -609,34 +620,24 @@ class Exchange:
                     task = asyncio.get_running_loop().create_task(upstream.aclose())
                     _cleanup.add(task)
                     task.add_done_callback(_cleanup.discard)
-                    self._record(outcome, None)
-            # Settled before the caller sees the end, as a whole answer is; then the end goes
-            # with what is left of the stream, in one write.
-            await self._settle_stream(upstream, grant, tap.usage)
-            yield last, True
+                self._record(outcome, actual)
+            yield last, True  # the end of the answer with what is left of it: one write
 
         return RelayResponse(grant, chunks(), self._answer_lines(upstream))
 
-    async def _settle_stream(
-        self, upstream: httpx.Response, grant: Grant, usage: dict[str, Any] | None
-    ) -> None:
-        """A whole stream's usage settled and its request recorded, even when the caller hangs
-        up meanwhile (which cancels the relay): in a task of its own when the store is asked."""
+    async def _settle_usage(self, grant: Grant, usage: dict[str, Any] | None) -> int | None:
+        """A stream's ``usage`` settled with the budget (see ``Accounting.settle``); when that asks
+        the store, in a task of its own, so a caller hanging up meanwhile (which cancels the
+        relay) does not stop it part-way."""
         gw = self.gw
         estimate = self.ticket.cost.tokens
-
-        async def settled() -> None:
-            actual = await gw.accounting.settle(grant.budget, estimate, grant.decision, usage, grant.charge)
-            self._record(200, actual)
-
-        if gw.accounting.touches_store(estimate, usage):
-            settling = asyncio.get_running_loop().create_task(settled())
-            _cleanup.add(settling)
-            settling.add_done_callback(_cleanup.discard)
-            await asyncio.shield(settling)
-        else:
-            await settled()  # runs to its end without suspending: nothing can cancel it part-way
-        await upstream.aclose()
+        settling = gw.accounting.settle(grant.budget, estimate, grant.decision, usage, grant.charge)
+        if not gw.accounting.touches_store(estimate, usage):
+            return await settling  # runs to its end without suspending
+        task = asyncio.get_running_loop().create_task(settling)
+        _cleanup.add(task)
+        task.add_done_callback(_cleanup.discard)
+        return await asyncio.shield(task)
 
     # -- answering -----------------------------------------------------------------------------
 
