@@ -58,14 +58,18 @@ class Accounting:
         self._excess = metrics.tokens_charged.labels(kind="excess")
         self._unused = metrics.tokens_refunded.labels(kind="unused")
 
-    def touches_store(self, estimate: int, usage: Mapping[str, Any] | None) -> bool:
-        """Whether settling ``usage`` against ``estimate`` asks the store (else ``settle`` runs
-        to its end without suspending, so nothing can cancel it part-way)."""
+    @staticmethod
+    def actual(usage: Mapping[str, Any] | None) -> int | None:
+        """The tokens ``usage`` reports, as the stores count them (what ``settle`` returns)."""
         actual = None if usage is None else total_tokens(usage)
-        if actual is None:
-            return False
-        actual = clamped(actual)
-        return actual > estimate or (self.refund_unused and actual < estimate)
+        # An upstream's figure is not ours to trust: a negative or absurd one is brought into
+        # what the stores count (and logged there).
+        return None if actual is None else clamped(actual)
+
+    def touches_store(self, estimate: int, actual: int | None) -> bool:
+        """Whether settling ``actual`` tokens (``actual(usage)``) against ``estimate`` asks the
+        store (else ``settle`` runs to its end without suspending: nothing can cancel it)."""
+        return actual is not None and (actual > estimate or (self.refund_unused and actual < estimate))
 
     async def settle(
         self,
@@ -77,14 +81,9 @@ class Accounting:
     ) -> int | None:
         """Charge usage above ``estimate`` (or refund below it, opt-in) to the budget and to the
         tenant's sub-limits (``charge``); the actual tokens."""
-        if usage is None:
-            return None
-        actual = total_tokens(usage)
+        actual = self.actual(usage)
         if actual is None:
             return None
-        # An upstream's figure is not ours to trust: a negative or absurd one is brought into
-        # what the stores count (and logged there).
-        actual = clamped(actual)
         self.metrics.tokens_used.inc(actual)
         self.metrics.estimate_error.observe(estimate - actual)
         try:

@@ -578,8 +578,8 @@ class Exchange:
     # -- streaming -----------------------------------------------------------------------------
 
     def _relay(self, upstream: httpx.Response, grant: Grant, started: float) -> RelayResponse:
-        """Pass the stream through piece by piece; settle its usage once known, before the caller
-        sees it; release the slot at its end."""
+        """Pass the stream through piece by piece; settle its usage once final, before the caller
+        sees the end; release the slot when the upstream's answer ends."""
         gw = self.gw
         budget = grant.budget
         tap = UsageTap(strip=not self.include_usage)
@@ -593,19 +593,23 @@ class Exchange:
                 last = b""
                 async for chunk in body_chunks(upstream):
                     out = scrub.feed(tap.feed(chunk))
-                    if tap.usage is not None and not settled:
-                        # Settled before the caller sees the usage, or the end that follows it,
-                        # as a whole answer is settled before it goes.
+                    if tap.ended and not settled:
+                        # The usage is final: settled before the caller sees the end (or the
+                        # usage), as a whole answer is settled before it goes.
                         settled = True
-                        actual = await self._settle_usage(grant, tap.usage)
+                        actual = gw.accounting.actual(tap.usage)
+                        await self._settle_usage(grant, tap.usage, actual)
                     if body_ended(upstream):
-                        last = out  # the loop ends at once: it goes with the end of the answer
+                        last += out  # the loop ends at once: it goes with the end of the answer
                     elif out:
                         yield out, False
                 outcome = 200
+                grant.release()
+                self._upstream_done(200, started, budget)
                 last += scrub.feed(tap.flush()) + scrub.flush()
                 if not settled:
-                    actual = await self._settle_usage(grant, tap.usage)
+                    actual = gw.accounting.actual(tap.usage)
+                    await self._settle_usage(grant, tap.usage, actual)
                 await upstream.aclose()
             except httpx.TransportError:
                 # Nothing can be resent mid-stream: the caller's connection is cut so it knows.
@@ -613,9 +617,9 @@ class Exchange:
                 log.warning("upstream stream broke for %s", self.request_id)
                 raise
             finally:
-                grant.release()
-                self._upstream_done(200 if outcome == 200 else "error", started, budget)
                 if outcome != 200:
+                    grant.release()
+                    self._upstream_done("error", started, budget)
                     # Cancelled (caller gone) or broken upstream: no awaiting here, close aside.
                     task = asyncio.get_running_loop().create_task(upstream.aclose())
                     _cleanup.add(task)
@@ -625,19 +629,20 @@ class Exchange:
 
         return RelayResponse(grant, chunks(), self._answer_lines(upstream))
 
-    async def _settle_usage(self, grant: Grant, usage: dict[str, Any] | None) -> int | None:
-        """A stream's ``usage`` settled with the budget (see ``Accounting.settle``); when that asks
-        the store, in a task of its own, so a caller hanging up meanwhile (which cancels the
-        relay) does not stop it part-way."""
+    async def _settle_usage(self, grant: Grant, usage: dict[str, Any] | None, actual: int | None) -> None:
+        """A stream's ``usage`` (``actual`` tokens) settled with the budget (``Accounting.settle``);
+        when that asks the store, in a task of its own, so a caller hanging up meanwhile (which
+        cancels the relay) does not stop it part-way."""
         gw = self.gw
         estimate = self.ticket.cost.tokens
         settling = gw.accounting.settle(grant.budget, estimate, grant.decision, usage, grant.charge)
-        if not gw.accounting.touches_store(estimate, usage):
-            return await settling  # runs to its end without suspending
+        if not gw.accounting.touches_store(estimate, actual):
+            await settling  # runs to its end without suspending
+            return
         task = asyncio.get_running_loop().create_task(settling)
         _cleanup.add(task)
         task.add_done_callback(_cleanup.discard)
-        return await asyncio.shield(task)
+        await asyncio.shield(task)
 
     # -- answering -----------------------------------------------------------------------------
 

@@ -25,16 +25,19 @@ def configure(level: str, log_format: str = "text") -> None:
         return
     numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
     lighten_records()
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(level=numeric, format=FORMAT, stream=sys.stderr)
     handler = BatchedStreamHandler(sys.stderr)
-    handlers = [*logging.getLogger().handlers, handler]
+    handlers = [*root.handlers, handler]
     for each in handlers:
         if log_format == "json":
             # JSON escapes every value itself (the message's as text lines do).
             each.setFormatter(JsonFormatter())
         else:
             each.addFilter(EscapeArgs())
-            each.setFormatter(TextFormatter(FORMAT))
+            if each not in before:  # ours; a handler someone else set up keeps its format
+                each.setFormatter(TextFormatter(FORMAT))
     if log_format == "json":
         logging.captureWarnings(True)  # a Python warning is a line on stderr too
     requests.addHandler(handler)

@@ -327,6 +327,8 @@ class TicketQueue:
         # Dead entries at the front go now: left there, batches and the aging look-ahead would
         # scan them, and they would keep answered tickets alive.
         _trim(self._classes[p])
+        if flow is not None:
+            flow.first(p)  # the same in its tenant's own order
         return True
 
     def drain(self) -> list[Ticket]:

@@ -10,6 +10,7 @@ from typing import Any
 from openai_wire.responses import FINAL_EVENTS, usage_of
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_DONE = b"data: [DONE]"
 
 
 class UsageTap:
@@ -19,11 +20,14 @@ class UsageTap:
     Only frames that carry a usage object are parsed; the rest pass as bytes.
     """
 
-    __slots__ = ("_buf", "_sep", "strip", "usage")
+    __slots__ = ("_buf", "_sep", "ended", "strip", "usage")
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
         self.usage: dict[str, Any] | None = None
+        self.ended = False
+        """Whether the stream's last event has passed (``data: [DONE]``, or a Responses API final
+        event): ``usage`` is then final (a stream may carry a running usage on every chunk)."""
         self._buf = b""
         self._sep = b""
 
@@ -44,6 +48,9 @@ class UsageTap:
             return b""
         end += len(self._sep)
         complete, self._buf = buf[:end], buf[end:]
+        # At a frame's start only: a JSON string holds no raw blank line, so none can fake it.
+        if complete.startswith(_DONE) or self._sep + _DONE in complete:
+            self.ended = True
         if _USAGE.search(complete) is None:
             return complete
         return self._frames(complete)
@@ -83,6 +90,7 @@ class UsageTap:
                 if payload.get("type") in FINAL_EVENTS:
                     # A Responses API stream ends with the whole response, its usage inside. That
                     # event is the stream's end, never a usage-only chunk to strip.
+                    self.ended = True
                     counts = usage_of(payload)
                     if counts is not None:
                         prompt, output = counts

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from apim_server.transport import LeanTransport, body_chunks, read_body
+from apim_server.transport import LeanTransport, body_chunks, body_ended, read_body
 from serving.connections import BoundedProtocol
 
 JSON = (b"content-type", b"application/json")
@@ -50,9 +50,13 @@ class BareProxy:
         kind = (b"content-type", upstream.headers.get("content-type", "application/json").encode())
         if upstream.headers.get("transfer-encoding") == "chunked":
             await send({"type": "http.response.start", "status": upstream.status_code, "headers": [kind]})
+            last = b""  # as the gateway relays: the last piece goes with the end
             async for chunk in body_chunks(upstream):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if body_ended(upstream):
+                    last += chunk
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
             return
         body = await read_body(upstream)
         length = (b"content-length", b"%d" % len(body))
@@ -75,6 +79,7 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # as both services
     )
 
 

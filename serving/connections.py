@@ -276,6 +276,7 @@ class OneWriteCycle(RequestResponseCycle):
     """The head of the answer being sent, until its body comes."""
     loop: asyncio.AbstractEventLoop
     """Set by ``BoundedProtocol`` when it starts the cycle."""
+    asgi_app: Any
 
     async def send(self, message: Any) -> None:
         if self.held:
@@ -308,6 +309,20 @@ class OneWriteCycle(RequestResponseCycle):
             else:
                 self.chunked_encoding = False
                 self.expected_content_length = length
+
+    async def run_asgi(self, app: Any) -> None:
+        self.asgi_app = app
+        await super().run_asgi(self._app)
+
+    async def _app(self, scope: Any, receive: Any, send: Any) -> Any:
+        try:
+            return await self.asgi_app(scope, receive, send)  # what uvicorn checks, as it was
+        finally:
+            # uvicorn closes the connection when an app fails, or returns, in mid-answer: a head
+            # still held goes first, so the caller sees an answer cut short (which clients do
+            # not retry: the upstream may have charged it) rather than no answer at all.
+            if self.held:
+                self._write_held()
 
     def _write_held(self) -> None:
         head, self.held = self.held, b""

@@ -150,7 +150,11 @@ async def test_many_admitted_tickets_leave_no_trace_in_the_batches() -> None:
         queue.push(ticket())
         (only,) = queue.first(32)
         assert queue.leave(only, State.GRANTED)
+    # Nothing looks at the queue again (it is idle): none of them is kept there.
+    assert not any(queue._classes)
+    assert not any(entries for flow in queue.order.flows.values() for entries in flow.waiting)
     last = ticket()
     queue.push(last)
     assert queue.first(32) == [last]
     assert sum(len(entries) for entries in queue._classes) == 1
+    assert sum(len(entries) for flow in queue.order.flows.values() for entries in flow.waiting) == 1

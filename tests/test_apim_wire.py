@@ -26,6 +26,31 @@ def stream_bytes() -> bytes:
     return event({**CHUNK, "usage": None}) + event({**CHUNK, "usage": None}) + event(USAGE) + DONE
 
 
+def test_usage_tap_knows_the_usage_is_final_only_at_the_streams_end() -> None:
+    # A server may send a running usage on every chunk (vLLM's continuous_usage_stats): only
+    # the last one counts, and the stream's end says which that is.
+    tap = UsageTap(strip=False)
+    for completion in (1, 2, 9):
+        usage = {"prompt_tokens": 5, "completion_tokens": completion, "total_tokens": 5 + completion}
+        tap.feed(event({**CHUNK, "usage": usage}))
+        assert not tap.ended
+    tap.feed(event({**CHUNK, "choices": [{"index": 0, "delta": {"content": "data: [DONE]"}}]}))
+    assert not tap.ended, "the words inside a chunk are not the end"
+    tap.feed(DONE)
+    assert tap.ended
+    assert tap.usage == {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+
+
+def test_usage_tap_takes_a_responses_final_event_as_the_end() -> None:
+    tap = UsageTap(strip=True)
+    tap.feed(event({"type": "response.output_text.delta", "delta": "hi"}))
+    assert not tap.ended
+    final = {"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 4}}}
+    tap.feed(event(final))
+    assert tap.ended
+    assert tap.usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
 @pytest.mark.parametrize("cut", [1, 7, 50, 10_000])
 def test_usage_tap_strips_the_usage_chunk_however_the_stream_is_cut(cut: int) -> None:
     raw = stream_bytes()
