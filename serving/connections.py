@@ -262,6 +262,26 @@ def _head(status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> 
     return b"".join(content), length
 
 
+class _HeadFirst:
+    """A cycle's transport while the head of its streamed answer is held: uvicorn closes the
+    connection when an app fails, or returns, in mid-answer, and the head must go first, so the
+    caller sees an answer cut short (which clients do not resend: the upstream may have charged
+    it) rather than no answer at all. Only there between an answer's start and its first piece."""
+
+    __slots__ = ("cycle", "transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: OneWriteCycle) -> None:
+        self.transport = transport
+        self.cycle = cycle
+
+    def close(self) -> None:
+        self.cycle._write_held()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class OneWriteCycle(RequestResponseCycle):
     """uvicorn's request-response cycle, writing an answer's head together with its body.
 
@@ -276,7 +296,6 @@ class OneWriteCycle(RequestResponseCycle):
     """The head of the answer being sent, until its body comes."""
     loop: asyncio.AbstractEventLoop
     """Set by ``BoundedProtocol`` when it starts the cycle."""
-    asgi_app: Any
 
     async def send(self, message: Any) -> None:
         if self.held:
@@ -305,27 +324,21 @@ class OneWriteCycle(RequestResponseCycle):
             if length < 0:
                 self.chunked_encoding = True
                 self.expected_content_length = 0
+                self.transport = _HeadFirst(self.transport, self)  # type: ignore[assignment]
                 self.loop.call_soon(self._write_held)
             else:
                 self.chunked_encoding = False
                 self.expected_content_length = length
 
-    async def run_asgi(self, app: Any) -> None:
-        self.asgi_app = app
-        await super().run_asgi(self._app)
-
-    async def _app(self, scope: Any, receive: Any, send: Any) -> Any:
-        try:
-            return await self.asgi_app(scope, receive, send)  # what uvicorn checks, as it was
-        finally:
-            # uvicorn closes the connection when an app fails, or returns, in mid-answer: a head
-            # still held goes first, so the caller sees an answer cut short (which clients do
-            # not retry: the upstream may have charged it) rather than no answer at all.
-            if self.held:
-                self._write_held()
+    def _take_held(self) -> bytes:
+        """The head held (empty once written), with the cycle's own transport back."""
+        if isinstance(self.transport, _HeadFirst):
+            self.transport = self.transport.transport
+        head, self.held = self.held, b""
+        return head
 
     def _write_held(self) -> None:
-        head, self.held = self.held, b""
+        head = self._take_held()
         if head and not self.disconnected and not self.transport.is_closing():
             self.transport.write(head)
 
@@ -339,7 +352,7 @@ class OneWriteCycle(RequestResponseCycle):
             return
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
-        head, self.held = self.held, b""  # empty if written meanwhile (the drain took a turn)
+        head = self._take_held()  # empty if written meanwhile (the drain took a turn)
         if self.disconnected:
             return
         more_body = message.get("more_body", False)
