@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from serving.request_log import LOG_VALUE_CAP, logged
@@ -76,22 +77,36 @@ def _value(arg: Any, kind: str, decimals: int | None) -> Any:
     return _value(str(arg), "s", None)
 
 
+class _PerSecond:
+    """A whole second's ``strftime``, made once per second: a busy service writes many lines
+    within each."""
+
+    __slots__ = ("_convert", "_format", "_stamp")
+
+    def __init__(self, form: str, convert: Callable[[float], time.struct_time]) -> None:
+        self._format = form
+        self._convert = convert
+        self._stamp: tuple[int, str] = (-1, "")
+
+    def __call__(self, second: int) -> str:
+        stamp = self._stamp
+        if stamp[0] != second:
+            # Replaced whole, never changed in place: handlers on other threads may read it.
+            stamp = self._stamp = (second, time.strftime(self._format, self._convert(second)))
+        return stamp[1]
+
+
 class TextFormatter(logging.Formatter):
     """``logging.Formatter`` with its default time stamp made once per second, not per record."""
 
     def __init__(self, fmt: str | None = None) -> None:
         super().__init__(fmt)
-        self._stamp: tuple[int, str] = (-1, "")
+        self._second = _PerSecond(self.default_time_format, self.converter)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
-        stamp = self._stamp
-        if stamp[0] != second:
-            # Replaced whole, never changed in place: handlers on other threads may read it.
-            stamp = self._stamp = (second, time.strftime(self.default_time_format, self.converter(second)))
-        return self.default_msec_format % (stamp[1], record.msecs)
+        return self.default_msec_format % (self._second(int(record.created)), record.msecs)
 
 
 class JsonFormatter(logging.Formatter):
@@ -107,7 +122,7 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.unnamed = tuple(unnamed)
         self._templates: dict[str, Template] = {}
-        self._stamp: tuple[int, str] = (-1, "")
+        self._second = _PerSecond("%Y-%m-%dT%H:%M:%S", time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         args = record.args
@@ -155,10 +170,5 @@ class JsonFormatter(logging.Formatter):
         return found
 
     def _ts(self, created: float) -> str:
-        # One strftime per second: a busy service writes many lines within each.
-        # Replaced whole, never changed in place: handlers on other threads may read it meanwhile.
         second = int(created)
-        stamp = self._stamp
-        if stamp[0] != second:
-            stamp = self._stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return f"{stamp[1]}.{int((created - second) * 1000):03d}Z"
+        return f"{self._second(second)}.{int((created - second) * 1000):03d}Z"
