@@ -37,6 +37,17 @@ SCALE = 10**9
 integers keep both stores' decisions identical)."""
 
 
+def live(entry: tuple[int, Ticket]) -> bool:
+    """Whether a queue entry is still its ticket's place (a ticket put back has a new one)."""
+    return entry[0] == entry[1].generation and entry[1].waiting
+
+
+def trim(waiting: deque[tuple[int, Ticket]]) -> None:
+    """Drop the dead entries at the front of ``waiting``."""
+    while waiting and not live(waiting[0]):
+        waiting.popleft()
+
+
 def share_of(requests: int, tokens: int, rpm: int, tpm: int, weight: float) -> int:
     """A cost's dominant share of a budget (the larger of its fractions of RPM and TPM), divided
     by the tenant's weight: what it advances its tenant's finish tag by. A tenant of few large
@@ -73,12 +84,8 @@ class Flow:
     def first(self, p: int) -> Ticket | None:
         """The flow's first waiting ticket of class ``p`` (dropping dead entries on the way)."""
         waiting = self.waiting[p]
-        while waiting:
-            generation, ticket = waiting[0]
-            if generation == ticket.generation and ticket.waiting:
-                return ticket
-            waiting.popleft()
-        return None
+        trim(waiting)
+        return waiting[0][1] if waiting else None
 
 
 class FairOrder:

@@ -17,7 +17,7 @@ from collections import deque
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from apim_server.flows import CLASSES, FairOrder, Flow
+from apim_server.flows import CLASSES, FairOrder, Flow, live, trim
 from ratelimit.limits import Cost, Decision
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class TicketQueue:
         for waiting in (self._classes[ticket.priority], flow.waiting[ticket.priority]):
             i = 0
             for other in waiting:
-                if _live(other) and other[1].arrived > ticket.arrived:
+                if live(other) and other[1].arrived > ticket.arrived:
                     break
                 i += 1
             waiting.insert(i, entry)
@@ -172,7 +172,7 @@ class TicketQueue:
         for p in range(best.priority + 1, len(Priority)):
             for entry in itertools.islice(self._classes[p], AGED_SCAN):
                 ticket = entry[1]
-                if not _live(entry) or ticket.flow is None or ticket.flow.blocked(p, now):
+                if not live(entry) or ticket.flow is None or ticket.flow.blocked(p, now):
                     continue
                 if self._rank(ticket) < rank:
                     best, rank = ticket, self._rank(ticket)
@@ -326,7 +326,7 @@ class TicketQueue:
                 self.order.served(flow, ticket.share)
         # Dead entries at the front go now: left there, batches and the aging look-ahead would
         # scan them, and they would keep answered tickets alive.
-        _trim(self._classes[p])
+        trim(self._classes[p])
         if flow is not None:
             flow.first(p)  # the same in its tenant's own order
         return True
@@ -337,7 +337,7 @@ class TicketQueue:
         for waiting in self._classes:
             while waiting:
                 entry = waiting.popleft()
-                if _live(entry) and self.leave(entry[1], State.OUT):
+                if live(entry) and self.leave(entry[1], State.OUT):
                     out.append(entry[1])
         return out
 
@@ -345,7 +345,7 @@ class TicketQueue:
         """Monotonic arrival time of the longest-waiting ticket (a class's first: FIFO)."""
         oldest = None
         for waiting in self._classes:
-            _trim(waiting)
+            trim(waiting)
             if waiting:
                 arrived = waiting[0][1].arrived
                 if oldest is None or arrived < oldest:
@@ -354,16 +354,16 @@ class TicketQueue:
 
     def arrivals(self) -> list[float]:
         """Monotonic arrival times of every waiting ticket (for ``/status``, not the hot path)."""
-        return [e[1].arrived for waiting in self._classes for e in waiting if _live(e)]
+        return [e[1].arrived for waiting in self._classes for e in waiting if live(e)]
 
     def depth_by_class(self) -> dict[str, int]:
-        return {p.name.lower(): sum(1 for e in self._classes[p] if _live(e)) for p in Priority}
+        return {p.name.lower(): sum(1 for e in self._classes[p] if live(e)) for p in Priority}
 
     def depth_by_tenant(self) -> dict[Tenant | None, int]:
         """Tickets waiting per tenant (flows with none are left out)."""
         out: dict[Tenant | None, int] = {}
         for key, flow in self.order.flows.items():
-            n = sum(1 for waiting in flow.waiting for e in waiting if _live(e))
+            n = sum(1 for waiting in flow.waiting for e in waiting if live(e))
             if n:
                 out[key] = n  # type: ignore[index]
         return out
@@ -389,12 +389,3 @@ class TicketQueue:
         mine[3] += 1
         self.order.active[flow] = None
         return flow
-
-
-def _live(entry: tuple[int, Ticket]) -> bool:
-    return entry[0] == entry[1].generation and entry[1].waiting
-
-
-def _trim(waiting: deque[tuple[int, Ticket]]) -> None:
-    while waiting and not _live(waiting[0]):
-        waiting.popleft()
